@@ -1,0 +1,1 @@
+"""Shared runtime of every tunelab service: settings, logging, errors, gRPC bootstrap, storage."""

@@ -1,0 +1,1 @@
+"""gRPC runtime: interceptors, server bootstrap and client channels."""

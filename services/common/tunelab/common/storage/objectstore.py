@@ -1,0 +1,62 @@
+"""The object-store interface and the factory that picks a backend from a URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import urlparse
+
+from tunelab.common.errors import InvalidArgument
+from tunelab.common.settings import StoreSettings
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: float
+
+
+class ObjectStore(Protocol):
+    """A flat key → bytes store. Writes are atomic: a reader sees the old object or the new one."""
+
+    def describe(self) -> str: ...
+
+    def stat(self, key: str) -> ObjectInfo | None: ...
+
+    def put_file(self, key: str, path: Path) -> None: ...
+
+    def put_stream(self, key: str, stream: BinaryIO, size: int) -> None: ...
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]: ...
+
+    def download(self, key: str, path: Path) -> None: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def open_store(settings: StoreSettings) -> ObjectStore:
+    """Builds the backend named by ``settings.store_url`` (``file://…`` or ``s3://bucket``)."""
+    url = settings.resolved_store_url()
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        from tunelab.common.storage.local import LocalStore
+
+        return LocalStore(Path(parsed.path))
+    if parsed.scheme == "s3":
+        from tunelab.common.storage.s3 import S3Store
+
+        if not parsed.netloc:
+            raise InvalidArgument("TUNELAB_STORE_URL: s3:// needs a bucket, e.g. s3://tunelab")
+        return S3Store.from_settings(settings, bucket=parsed.netloc, prefix=parsed.path.strip("/"))
+    raise InvalidArgument(
+        f"TUNELAB_STORE_URL={url!r}: unknown scheme {parsed.scheme!r}; use file:///dir or s3://bucket"
+    )

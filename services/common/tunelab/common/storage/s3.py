@@ -1,0 +1,186 @@
+"""S3 / MinIO backend through the ``minio`` SDK.
+
+Large objects go up as multipart uploads with an explicit part size (the SDK's default of 5 MiB
+parts is slow) and several parts in flight; the SDK aborts a failed multipart upload. Transient
+failures are retried a bounded number of times, then surface as :class:`Unavailable`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from tunelab.common.errors import NotFound, PermissionDenied, Unavailable
+from tunelab.common.settings import StoreSettings
+from tunelab.common.storage.objectstore import ObjectInfo
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+
+class S3Store:
+    def __init__(
+        self,
+        client: Minio,
+        bucket: str,
+        *,
+        prefix: str = "",
+        part_size: int = 64 * 1024 * 1024,
+        parallel_parts: int = 4,
+        attempts: int = 4,
+        endpoint: str = "",
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self.part_size = part_size
+        self.parallel_parts = parallel_parts
+        self.attempts = attempts
+        self.endpoint = endpoint
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings, *, bucket: str, prefix: str = "") -> S3Store:
+        endpoint = settings.s3_endpoint or "s3.amazonaws.com"
+        pool = urllib3.PoolManager(
+            maxsize=settings.transfer_workers * 2,
+            timeout=urllib3.Timeout(connect=5.0, read=60.0),
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        )
+        client = Minio(
+            endpoint,
+            access_key=settings.s3_access_key or None,
+            secret_key=settings.s3_secret_key.get_secret_value() or None,
+            secure=settings.s3_secure,
+            region=settings.s3_region or None,
+            http_client=pool,
+        )
+        return cls(client, bucket, prefix=prefix, part_size=settings.s3_part_size, endpoint=endpoint)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} at {self.endpoint or 'the S3 endpoint'}"
+
+    def ensure_bucket(self) -> None:
+        """Creates the bucket when it does not exist (MinIO dev setups, tests)."""
+        if not self._call(lambda: self.client.bucket_exists(bucket_name=self.bucket)):
+            self._call(lambda: self.client.make_bucket(bucket_name=self.bucket))
+
+    def _call(self, fn: Callable[[], T], key: str = "") -> T:
+        delay = 0.2
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject"):
+                    raise NotFound(f"object {key} is not in {self.describe()}") from None
+                if exc.code == "NoSuchBucket":
+                    raise NotFound(
+                        f"bucket {self.bucket!r} does not exist at {self.endpoint}: create it "
+                        "(compose's bucket init does) or point TUNELAB_STORE_URL at another"
+                    ) from None
+                if exc.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                    raise PermissionDenied(
+                        f"the S3 server refused {key or 'the request'} ({exc.code}): check "
+                        "TUNELAB_S3_ACCESS_KEY / TUNELAB_S3_SECRET_KEY"
+                    ) from None
+                if attempt == self.attempts or exc.code not in ("SlowDown", "InternalError", "RequestTimeout"):
+                    raise Unavailable(f"S3 error on {key or self.bucket}: {exc.code}: {exc.message}") from exc
+            except TRANSIENT as exc:
+                if attempt == self.attempts:
+                    raise Unavailable(
+                        f"cannot reach the object store {self.describe()} after {attempt} attempts: {exc}"
+                    ) from exc
+            log.warning("object store call failed, retrying", extra={"key": key, "attempt": attempt})
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._call(lambda: self.client.stat_object(bucket_name=self.bucket, object_name=self._key(key)), key)
+        except NotFound:
+            return None
+        modified = st.last_modified.timestamp() if st.last_modified else 0.0
+        return ObjectInfo(key, st.size or 0, modified)
+
+    def put_file(self, key: str, path: Path) -> None:
+        size = path.stat().st_size
+
+        def put() -> None:
+            with path.open("rb") as src:
+                self._put(key, src, size)
+
+        self._call(put, key)
+
+    def put_stream(self, key: str, stream: BinaryIO, size: int) -> None:
+        # A stream cannot be rewound for a retry, so it gets one attempt.
+        self._put(key, stream, size)
+
+    def _put(self, key: str, stream: BinaryIO, size: int) -> None:
+        self.client.put_object(
+            bucket_name=self.bucket,
+            object_name=self._key(key),
+            data=stream,
+            length=size,
+            part_size=self.part_size if size > self.part_size else 0,
+            num_parallel_uploads=self.parallel_parts,
+        )
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call(lambda: self._put(key, io.BytesIO(data), len(data)), key)
+
+    def get_bytes(self, key: str) -> bytes:
+        def get() -> bytes:
+            resp = self.client.get_object(bucket_name=self.bucket, object_name=self._key(key))
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call(get, key)
+
+    def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        resp = self._call(lambda: self.client.get_object(bucket_name=self.bucket, object_name=self._key(key)), key)
+        try:
+            yield from resp.stream(chunk_size)
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def download(self, key: str, path: Path) -> None:
+        def get() -> None:
+            resp = self.client.get_object(bucket_name=self.bucket, object_name=self._key(key))
+            try:
+                with path.open("wb") as out:
+                    for chunk in resp.stream(1024 * 1024):
+                        out.write(chunk)
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        self._call(get, key)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        objects = self.client.list_objects(bucket_name=self.bucket, prefix=self._key(prefix), recursive=True)
+        try:
+            for obj in objects:
+                modified = obj.last_modified.timestamp() if obj.last_modified else 0.0
+                yield ObjectInfo(obj.object_name[len(self.prefix):], obj.size or 0, modified)
+        except TRANSIENT as exc:
+            raise Unavailable(f"cannot list {self.describe()}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self.client.remove_object(bucket_name=self.bucket, object_name=self._key(key)), key)

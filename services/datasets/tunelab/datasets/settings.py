@@ -1,0 +1,25 @@
+"""Settings of the datasets service (``TUNELAB_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from tunelab.common.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ServiceSettings
+
+
+class DatasetSettings(ServiceSettings):
+    port: int = Field(default=DEFAULT_PORTS["datasets"], description="gRPC port (TUNELAB_PORT).")
+    metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["datasets"], description="0 disables /metrics.")
+    sync_workers: int = Field(default=2, ge=1, description="Datasets fetched and prewarmed at once.")
+    allow_private_addresses: bool = Field(
+        default=False,
+        description="Allow sources on loopback, private, link-local and metadata addresses (SSRF guard).",
+    )
+    max_download_bytes: int = 500 * 1024**3
+    max_archive_bytes: int = Field(default=200 * 1024**3, description="Largest unpacked archive.")
+    max_archive_ratio: float = Field(default=200.0, description="Largest unpacked/packed size ratio.")
+    max_archive_files: int = 1_000_000
+    fetch_attempts: int = Field(default=4, ge=1)
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    gc_grace_s: float = Field(default=3600.0, description="Blobs younger than this are never collected.")

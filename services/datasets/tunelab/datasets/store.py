@@ -1,0 +1,388 @@
+"""DatasetStore: the datasets service's domain object. The gRPC servicer is a thin layer over it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.common.errors import FailedPrecondition, InvalidArgument, NotFound, TunelabError
+from tunelab.common.names import check_id
+from tunelab.common.storage.blobs import BlobCache, BlobStore, StoreSource
+from tunelab.common.storage.hashing import HashCache
+from tunelab.common.storage.manifest import FileEntry, Manifest
+from tunelab.common.storage.materialize import materialize
+from tunelab.datasets.prewarm import Prewarmer, PrewarmProgress
+from tunelab.datasets.registry import DatasetRecord, Registry, VersionRecord
+from tunelab.datasets.sources.spec import FETCHED, DerivedSpec, FetchPolicy, SourceSpec, spec_from_dict, spec_to_dict
+from tunelab.datasets.transforms import TRANSFORMS
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "datasets/{id}/versions/{n}/manifest.json"
+
+
+def manifest_key(dataset_id: str, number: int) -> str:
+    return MANIFEST.format(id=dataset_id, n=number)
+
+
+def parse_version_name(name: str) -> tuple[str, int | None]:
+    """``datasets/x/versions/3`` (or ``latest``), ``x@3``, ``x@latest`` or ``x`` → (id, number|None)."""
+    if name.startswith("datasets/"):
+        parts = name.split("/")
+        if len(parts) != 4 or parts[2] != "versions":
+            raise InvalidArgument(f"{name!r} is not a datasets/{{id}}/versions/{{n}} name")
+        ident, ver = parts[1], parts[3]
+    else:
+        ident, _, ver = name.partition("@")
+    check_id(ident, "dataset")
+    if ver in ("", "latest"):
+        return ident, None
+    if not ver.isdigit() or int(ver) < 1:
+        raise InvalidArgument(f"{name!r}: version must be a positive number or 'latest'")
+    return ident, int(ver)
+
+
+@dataclass
+class UploadPlan:
+    version: VersionRecord
+    missing: list[str]
+
+
+class DatasetStore:
+    """Datasets, their versions and blobs.
+
+    Backends come in through the constructor: the registry (state), the blob store, a directory for
+    staging fetched sources, the fetch function and its policy.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        blobs: BlobStore,
+        work_dir: Path,
+        *,
+        policy: FetchPolicy,
+        fetch: Any = None,
+        sync_workers: int = 2,
+        transfer_workers: int = 16,
+        gc_grace_s: float = 3600.0,
+    ) -> None:
+        self.registry = registry
+        self.blobs = blobs
+        self.work_dir = work_dir
+        self.policy = policy
+        self._fetch = fetch
+        self.gc_grace_s = gc_grace_s
+        self.hash_cache = HashCache(work_dir / "hashes.sqlite")
+        self.prewarmer = Prewarmer(blobs, registry, self.hash_cache, workers=transfer_workers)
+        self.cache = BlobCache(work_dir / "blob-cache")
+        self._pool = ThreadPoolExecutor(sync_workers, thread_name_prefix="sync")
+        self._running: dict[tuple[str, int], Future[None]] = {}
+
+    # -- datasets ---------------------------------------------------------------------------
+    def create_dataset(
+        self, dataset_id: str, source: SourceSpec, description: str = "", labels: dict[str, str] | None = None
+    ) -> tuple[DatasetRecord, VersionRecord | None]:
+        check_id(dataset_id, "dataset_id")
+        if isinstance(source, DerivedSpec):
+            raise InvalidArgument("source: derived datasets are made with TransformDataset")
+        rec = self.registry.create_dataset(
+            DatasetRecord(dataset_id, description, spec_to_dict(source), labels or {}, time.time())
+        )
+        version = self.sync(dataset_id) if source.kind in FETCHED else None
+        return self.registry.get_dataset(rec.id), version
+
+    def get_dataset(self, dataset_id: str) -> DatasetRecord:
+        return self.registry.get_dataset(check_id(dataset_id, "dataset"))
+
+    def list_datasets(self, page_token: str, page_size: int) -> tuple[list[DatasetRecord], str]:
+        size = _page_size(page_size)
+        items = self.registry.list_datasets(page_token, size)
+        return items, (items[-1].id if len(items) == size else "")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        numbers = self.registry.delete_dataset(check_id(dataset_id, "dataset"))
+        for n in numbers:
+            self.blobs.store.delete(manifest_key(dataset_id, n))
+        shutil.rmtree(self.work_dir / "staging" / dataset_id, ignore_errors=True)
+
+    # -- versions ---------------------------------------------------------------------------
+    def sync(self, dataset_id: str) -> VersionRecord:
+        """Starts fetching the dataset's source into a new version; returns it PENDING."""
+        ds = self.get_dataset(dataset_id)
+        spec = spec_from_dict(ds.source)
+        if spec.kind not in FETCHED:
+            raise FailedPrecondition(
+                f"dataset {dataset_id!r} has a {spec.kind!r} source: its versions come from "
+                "`tunelab dataset push` (upload) or job outputs, not from sync"
+            )
+        version = self.registry.new_version(dataset_id, "PENDING")
+        self._submit(version)
+        return version
+
+    def _submit(self, version: VersionRecord) -> None:
+        key = (version.dataset_id, version.number)
+        self._running[key] = self._pool.submit(self._run_sync, version)
+
+    def resume_unfinished(self) -> int:
+        """Restarts syncs a crash or restart interrupted; their staging and hashes are reused."""
+        resumed = 0
+        for version in self.registry.unfinished_versions():
+            spec = spec_from_dict(self.registry.get_dataset(version.dataset_id).source)
+            if spec.kind in FETCHED:
+                log.info("resuming interrupted sync", extra={"version": version.name})
+                self._submit(version)
+                resumed += 1
+        return resumed
+
+    def _staging(self, version: VersionRecord) -> Path:
+        return self.work_dir / "staging" / version.dataset_id / str(version.number)
+
+    def _run_sync(self, version: VersionRecord) -> None:
+        staging = self._staging(version)
+        fetched_marker = staging.with_name(f"{version.number}.fetched.json")
+        try:
+            spec = spec_from_dict(self.registry.get_dataset(version.dataset_id).source)
+            if fetched_marker.exists():
+                provenance = json.loads(fetched_marker.read_text())
+            else:
+                version = self.registry.update_version(version, state="FETCHING", progress={"phase": "fetching"})
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+                provenance = self._fetch_into(spec, staging, version)
+                fetched_marker.write_text(json.dumps(provenance))
+            version = self.registry.update_version(version, state="UPLOADING", provenance=provenance)
+            version = self._prewarm(version, staging, provenance)
+            shutil.rmtree(staging, ignore_errors=True)
+            fetched_marker.unlink(missing_ok=True)
+        except NotFound as exc:
+            if "was deleted" in exc.message:
+                shutil.rmtree(staging, ignore_errors=True)
+                return
+            self._fail(version, exc)
+        except Exception as exc:  # noqa: BLE001 - a failed sync is recorded, never raised into the pool
+            self._fail(version, exc)
+        finally:
+            self._running.pop((version.dataset_id, version.number), None)
+
+    def _fail(self, version: VersionRecord, exc: Exception) -> None:
+        reason = exc.message if isinstance(exc, TunelabError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, TunelabError):
+            log.error("sync failed", extra={"version": version.name}, exc_info=exc)
+        try:
+            current = self.registry.get_version(version.dataset_id, version.number)
+            self.registry.update_version(current, state="FAILED", error=reason)
+        except NotFound:
+            pass
+
+    def _fetch_into(self, spec: SourceSpec, staging: Path, version: VersionRecord) -> dict[str, str]:
+        if self._fetch is None:
+            from tunelab.datasets.sources.fetch import fetch_source
+
+            self._fetch = fetch_source
+        last = [0.0]
+
+        def progress(message: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] < 0.5:
+                return
+            last[0] = now
+            current = self.registry.get_version(version.dataset_id, version.number)
+            self.registry.update_version(
+                current,
+                progress={"phase": "fetching", "current_file": message, "bytes_done": done, "bytes_total": total},
+            )
+
+        return dict(self._fetch(spec, staging, self.policy, progress))
+
+    def _prewarm(self, version: VersionRecord, root: Path, provenance: dict[str, str]) -> VersionRecord:
+        """Hashes and uploads ``root`` into ``version``, then writes the manifest and verifies."""
+        progress = PrewarmProgress()
+        holder = [version]
+
+        def publish() -> None:
+            holder[0] = self.registry.update_version(holder[0], progress=progress.as_dict())
+
+        manifest = self.prewarmer.manifest_of(root, progress, publish)
+        manifest.source = {**provenance}
+        self.prewarmer.upload(root, manifest, progress, publish)
+        return self._finish(holder[0], manifest, progress)
+
+    def _finish(self, version: VersionRecord, manifest: Manifest, progress: PrewarmProgress | None) -> VersionRecord:
+        version = self.registry.update_version(version, state="VERIFYING")
+        unique = manifest.unique_blobs()
+        absent = set(unique) - self.registry.known_blobs(list(unique))
+        if absent:
+            absent = self.blobs.missing(absent)
+        if absent:
+            raise FailedPrecondition(
+                f"{len(absent)} blob(s) of {version.name} are not in the store "
+                f"(e.g. {sorted(absent)[0]}); upload them before committing"
+            )
+        manifest.created_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.blobs.store.put_bytes(manifest_key(version.dataset_id, version.number), manifest.to_json())
+        done = progress.as_dict() if progress else {}
+        done.update(phase="ready", current_file="", files_done=len(manifest.files), bytes_done=manifest.size)
+        return self.registry.update_version(
+            version,
+            state="READY",
+            progress=done,
+            file_count=len(manifest.files),
+            size_bytes=manifest.size,
+            manifest_digest=manifest.digest(),
+            ready_time=time.time(),
+        )
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Waits for running syncs (tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        for future in list(self._running.values()):
+            future.result(timeout=max(0.0, deadline - time.monotonic()))
+
+    def get_version(self, name: str) -> VersionRecord:
+        dataset_id, number = parse_version_name(name)
+        return self.registry.get_version(dataset_id, number)
+
+    def list_versions(self, dataset_id: str, page_token: str, page_size: int) -> tuple[list[VersionRecord], str]:
+        size = _page_size(page_size)
+        after = int(page_token) if page_token.isdigit() else 0
+        items = self.registry.list_versions(check_id(dataset_id, "dataset"), after, size)
+        return items, (str(items[-1].number) if len(items) == size else "")
+
+    def delete_version(self, name: str) -> None:
+        dataset_id, number = parse_version_name(name)
+        if number is None:
+            raise InvalidArgument(f"{name!r}: name the version to delete explicitly, not 'latest'")
+        self.registry.delete_version(dataset_id, number)
+        self.blobs.store.delete(manifest_key(dataset_id, number))
+
+    def watch_version(self, name: str) -> Iterator[VersionRecord]:
+        version = self.get_version(name)
+        return self.registry.watch(version.dataset_id, version.number)
+
+    def manifest(self, name: str) -> tuple[VersionRecord, Manifest]:
+        version = self.get_version(name)
+        if version.state != "READY":
+            raise FailedPrecondition(f"{version.name} is {version.state}, not READY: wait for it (`tunelab dataset watch`)")
+        key = manifest_key(version.dataset_id, version.number)
+        return version, Manifest.from_json(self.blobs.store.get_bytes(key), key)
+
+    def list_files(self, name: str, page_token: str, page_size: int) -> tuple[VersionRecord, list[FileEntry], str]:
+        version, manifest = self.manifest(name)
+        start = int(page_token) if page_token.isdigit() else 0
+        size = _page_size(page_size, default=1000, maximum=10000)
+        files = manifest.files[start : start + size]
+        nxt = str(start + size) if start + size < len(manifest.files) else ""
+        return version, files, nxt
+
+    # -- uploads (client-side content: `upload` sources, job outputs) ---------------------------
+    def start_upload(self, dataset_id: str, files: list[FileEntry], provenance: dict[str, str]) -> UploadPlan:
+        ds = self.get_dataset(dataset_id)
+        if ds.source.get("kind") not in ("upload", "empty"):
+            raise FailedPrecondition(
+                f"dataset {dataset_id!r} has a {ds.source.get('kind')!r} source, which the service fetches "
+                "itself; push content only into 'upload' or 'empty' datasets"
+            )
+        manifest = Manifest(files, source=dict(provenance))
+        version = self.registry.new_version(dataset_id, "UPLOADING", provenance)
+        self.registry.save_upload(dataset_id, version.number, manifest.to_json().decode())
+        unique = manifest.unique_blobs()
+        unknown = [sha for sha in unique if sha not in self.registry.known_blobs(list(unique))]
+        missing = self.blobs.missing(unknown) if unknown else set()
+        self.registry.add_blobs({sha: unique[sha] for sha in unknown if sha not in missing})
+        progress = PrewarmProgress(phase="uploading", files_total=len(files), bytes_total=manifest.size)
+        version = self.registry.update_version(version, progress=progress.as_dict())
+        return UploadPlan(version, sorted(missing))
+
+    def put_blob(self, sha256: str, size: int, chunks: Iterator[bytes]) -> None:
+        self.blobs.put_verified_stream(sha256, size, chunks, self.work_dir / "spool")
+        self.registry.add_blobs({sha256: size})
+
+    def commit(self, name: str) -> VersionRecord:
+        version = self.get_version(name)
+        if version.state != "UPLOADING":
+            raise FailedPrecondition(f"{version.name} is {version.state}; only an uploading version can be committed")
+        text = self.registry.get_upload(version.dataset_id, version.number)
+        if text is None:
+            raise FailedPrecondition(f"{version.name} has no upload in progress")
+        manifest = Manifest.from_json(text.encode())
+        try:
+            version = self._finish(version, manifest, None)
+        except FailedPrecondition:
+            current = self.registry.get_version(version.dataset_id, version.number)
+            self.registry.update_version(current, state="UPLOADING")
+            raise
+        self.registry.drop_upload(version.dataset_id, version.number)
+        return version
+
+    def read_blob(self, sha256: str) -> Iterator[bytes]:
+        if not self.registry.known_blobs([sha256]) and not self.blobs.has(sha256):
+            raise NotFound(f"blob {sha256} is not in the store")
+        return self.blobs.iter_chunks(sha256)
+
+    # -- transforms and garbage collection -------------------------------------------------
+    def transform(self, source_name: str, transform: str, target_id: str) -> VersionRecord:
+        fn = TRANSFORMS.get(transform)
+        if fn is None:
+            raise InvalidArgument(f"transform: unknown {transform!r}; available: {', '.join(sorted(TRANSFORMS))}")
+        source_version, manifest = self.manifest(source_name)
+        check_id(target_id, "target")
+        try:
+            self.registry.get_dataset(target_id)
+        except NotFound:
+            spec = DerivedSpec(version=source_version.name, transform=transform)
+            self.registry.create_dataset(DatasetRecord(target_id, f"{transform} of {source_version.name}", spec_to_dict(spec), {}, time.time()))
+        version = self.registry.new_version(target_id, "UPLOADING", {"from": source_version.name, "transform": transform})
+        try:
+            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+                src = Path(tmp) / "in"
+                out = Path(tmp) / "out"
+                materialize(manifest, src, self.cache, StoreSource(self.blobs), label=f"{source_version.name}:")
+                out.mkdir()
+                fn(src, out)
+                return self._prewarm(version, out, {"from": source_version.name, "transform": transform})
+        except Exception as exc:
+            self._fail(version, exc)
+            raise
+
+    def garbage_collect(self, dry_run: bool) -> tuple[int, int, int]:
+        """Deletes blobs no manifest (dataset or environment) or in-flight upload references."""
+        referenced: set[str] = set()
+        for prefix in ("datasets/", "environments/"):
+            for info in self.blobs.store.list(prefix):
+                if info.key.endswith("manifest.json"):
+                    referenced.update(Manifest.from_json(self.blobs.store.get_bytes(info.key), info.key).unique_blobs())
+        for text in self.registry.pending_upload_manifests():
+            referenced.update(Manifest.from_json(text.encode()).unique_blobs())
+        cutoff = time.time() - self.gc_grace_s
+        deleted = kept = freed = 0
+        gone: list[str] = []
+        for sha, size, modified in list(self.blobs.list()):
+            if sha in referenced or modified > cutoff:
+                kept += 1
+                continue
+            if not dry_run:
+                self.blobs.delete(sha)
+                gone.append(sha)
+            deleted += 1
+            freed += size
+        self.registry.forget_blobs(gone)
+        return deleted, freed, kept
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.hash_cache.close()
+
+
+def _page_size(requested: int, default: int = 100, maximum: int = 1000) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative")
+    return min(requested or default, maximum)
