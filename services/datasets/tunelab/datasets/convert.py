@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tunelab.common.errors import InvalidArgument
@@ -28,12 +29,8 @@ def source_from_pb(msg: pb.Source) -> SourceSpec:
     kind = msg.WhichOneof("kind")
     if kind is None:
         raise InvalidArgument("dataset.source: set one of http, git, s3, upload, empty, hf")
-    body = getattr(msg, kind)
     data: dict[str, Any] = {"kind": kind}
-    for field, value in body.ListFields():
-        data[field.name] = dict(value) if field.message_type and field.message_type.GetOptions().map_entry else (
-            list(value) if field.label == field.LABEL_REPEATED else value
-        )
+    data.update(json_format.MessageToDict(getattr(msg, kind), preserving_proto_field_name=True))
     return spec_from_dict(data)
 
 

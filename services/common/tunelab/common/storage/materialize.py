@@ -71,26 +71,38 @@ def materialize(
     done = 0
     lock = threading.Lock()
 
-    def place(entry_index: int) -> None:
-        nonlocal fetched, done
-        entry = manifest.files[entry_index]
+    first_path = {}
+    for entry in manifest.files:
+        first_path.setdefault(entry.sha256, entry.path)
+
+    def ensure(sha256: str, size: int) -> Path:
+        nonlocal fetched
         try:
-            cached, was_fetched = cache.ensure(entry.sha256, entry.size, source)
+            cached, was_fetched = cache.ensure(sha256, size, source)
         except DataLoss as exc:
-            raise DataLoss(f"{label}{entry.path}: {exc.message}") from None
+            raise DataLoss(f"{label}{first_path[sha256]}: {exc.message}") from None
+        if was_fetched:
+            with lock:
+                fetched += size
+        return cached
+
+    def place(index: int) -> None:
+        nonlocal done
+        entry = manifest.files[index]
         dest = staging / entry.path
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached, dest)
+        shutil.copyfile(cached[entry.sha256], dest)
         os.chmod(dest, entry.mode)
         with lock:
             done += entry.size
-            if was_fetched:
-                fetched += entry.size
             if progress:
                 progress(done, manifest.size)
 
     try:
+        unique = manifest.unique_blobs()
         with ThreadPoolExecutor(workers) as pool:
+            # Each distinct blob once (two files with equal content must not fetch it twice).
+            cached = dict(zip(unique, pool.map(ensure, unique, unique.values()), strict=True))
             list(pool.map(place, range(len(manifest.files))))
         (staging / MARKER).write_text(json.dumps({"digest": digest, "label": label}))
         if target.exists():

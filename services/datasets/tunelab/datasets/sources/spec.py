@@ -121,3 +121,9 @@ class FetchPolicy:
     max_archive_bytes: int = 200 * 1024**3
     max_archive_ratio: float = 200.0
     max_archive_files: int = 1_000_000
+    # Networks reachable even while private addresses are refused (CIDRs, e.g. an internal mirror).
+    allowed_networks: tuple[str, ...] = ()
+    # First pause between attempts; it doubles after each failure (capped at 30 s).
+    retry_backoff_s: float = 0.5
+    # Wall-clock limit of one git command (a clone of a big repository takes a while).
+    git_timeout_s: float = 3600.0

@@ -1,0 +1,198 @@
+"""Fixtures that start real servers: moto's S3 server, HTTP file servers, the datasets service."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from minio import Minio
+
+from tunelab.common.grpc.channel import open_channel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str = "testing"
+    secret_key: str = "testing"
+
+    def client(self) -> Minio:
+        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
+
+    def env(self, bucket: str) -> dict[str, str]:
+        return {
+            "TUNELAB_STORE_URL": f"s3://{bucket}",
+            "TUNELAB_S3_ENDPOINT": self.endpoint,
+            "TUNELAB_S3_ACCESS_KEY": self.access_key,
+            "TUNELAB_S3_SECRET_KEY": self.secret_key,
+            "TUNELAB_S3_SECURE": "false",
+        }
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[S3Server]:
+    """moto's S3 server on a free port, for the whole session (tests use their own buckets)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield S3Server(f"127.0.0.1:{port}")
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto_server: S3Server, request: pytest.FixtureRequest) -> str:
+    name = "t-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40] + f"-{os.getpid() % 10000}"
+    client = moto_server.client()
+    if not client.bucket_exists(bucket_name=name):
+        client.make_bucket(bucket_name=name)
+    return name
+
+
+def wait_serving(address: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    channel = open_channel(address)
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"service exited with {proc.returncode}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    finally:
+        channel.close()
+    raise TimeoutError(f"service at {address} did not become SERVING in {timeout}s")
+
+
+@dataclass
+class ServiceProcess:
+    """A tunelab service started as a real process (``python -m tunelab.<name>``)."""
+
+    name: str
+    env: dict[str, str]
+    log: Path
+    address: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        env = {**os.environ, **self.env, "TUNELAB_PORT": str(port), "TUNELAB_METRICS_PORT": "0"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", f"tunelab.{self.name}"], env=env, stdout=out, stderr=out)
+        wait_serving(self.address, proc=self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def service_process(tmp_path: Path) -> Iterator[type[ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    class Tracked(ServiceProcess):
+        def start(self) -> ServiceProcess:
+            started.append(self)
+            return super().start()
+
+    yield Tracked
+    for svc in started:
+        svc.stop()
+
+
+@dataclass
+class DatasetsStack:
+    """The datasets service in this process, a client to it, and the domain object behind it."""
+
+    server: object
+    store: object
+    client: object
+    address: str
+    data_dir: Path
+
+
+@pytest.fixture(params=["local", "s3"])
+def datasets(request: pytest.FixtureRequest, tmp_path: Path, moto_server: S3Server) -> Iterator[DatasetsStack]:
+    """The datasets service over each object-store backend: a local directory and moto's S3 server."""
+    from tunelab.cli.clients.datasets import DatasetClient
+    from tunelab.datasets.server import build_server
+    from tunelab.datasets.settings import DatasetSettings
+
+    overrides: dict[str, object] = {}
+    if request.param == "s3":
+        name = f"ds-{os.getpid()}-{free_port()}"
+        overrides = {
+            "store_url": f"s3://{name}",
+            "s3_endpoint": moto_server.endpoint,
+            "s3_access_key": moto_server.access_key,
+            "s3_secret_key": moto_server.secret_key,
+            "s3_secure": False,
+        }
+    settings = DatasetSettings(
+        data_dir=tmp_path / "svc", port=0, metrics_port=0, allow_private_addresses=True, gc_grace_s=0, **overrides
+    )
+    server, store = build_server(settings)
+    server.start()
+    channel = open_channel(server.address)
+    client = DatasetClient(channel, tmp_path / "client-cache")
+    yield DatasetsStack(server, store, client, server.address, tmp_path / "svc")
+    channel.close()
+    server.stop(1)
+
+
+S3RVER = Path(__file__).resolve().parent.parent / "tools" / "node_modules" / ".bin" / "s3rver"
+
+
+@pytest.fixture(scope="session")
+def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """s3rver (npm), which checks request signatures (moto's server does not); `make tools` installs it."""
+    if not S3RVER.exists():
+        pytest.fail(f"{S3RVER} is missing: run `make tools`")
+    port = free_port()
+    data = tmp_path_factory.mktemp("s3rver")
+    proc = subprocess.Popen(
+        [str(S3RVER), "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "--silent", "--configure-bucket", "signed"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield S3Server(f"127.0.0.1:{port}", access_key="S3RVER", secret_key="S3RVER")
+    proc.terminate()
+    proc.wait(10)
