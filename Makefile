@@ -31,11 +31,16 @@ tools/node_modules/.installed: tools/package.json tools/package-lock.json
 
 tools: tools/node_modules/.installed
 
-protos: $(STAMP)  ## regenerate the gRPC stubs in services/common from protos/
+# protos/baseline.binpb is the last accepted contract: `buf breaking` compares against it, and
+# `make protos` refreshes it only after the comparison passes (a breaking change must be undone).
+protos: $(STAMP) tools  ## regenerate stubs in services/common from protos/ (after lint and breaking checks)
+	cd protos && ../$(BUF) lint && ../$(BUF) breaking --against baseline.binpb
 	scripts/gen-protos.sh $(PY)
+	cd protos && ../$(BUF) build -o baseline.binpb
 
-protos-check: $(STAMP) tools  ## fail when protos/ and the committed stubs drift apart; buf lint
+protos-check: $(STAMP) tools  ## buf lint, buf breaking against the baseline, stubs in sync with protos/
 	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) breaking --against baseline.binpb
 	scripts/gen-protos.sh $(PY) --check
 
 lint: $(STAMP) tools protos-check  ## ruff, mypy, buf lint
@@ -43,8 +48,9 @@ lint: $(STAMP) tools protos-check  ## ruff, mypy, buf lint
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: setup  ## run the test suite
-	$(VENV)/bin/pytest
+PYTEST_ARGS ?=
+test: setup  ## run the test suite (real S3 servers and services are started by fixtures)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: setup  ## run the walkthrough on the embedded stack
 	$(PY) scripts/demo.py

@@ -58,7 +58,9 @@ def moto_server() -> Iterator[S3Server]:
 
 @pytest.fixture
 def bucket(moto_server: S3Server, request: pytest.FixtureRequest) -> str:
-    name = "t-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40] + f"-{os.getpid() % 10000}"
+    name = (
+        "t-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40] + f"-{os.getpid() % 10000}"
+    )
     client = moto_server.client()
     if not client.bucket_exists(bucket_name=name):
         client.make_bucket(bucket_name=name)
@@ -74,7 +76,10 @@ def wait_serving(address: str, timeout: float = 30.0, proc: subprocess.Popen[byt
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"service exited with {proc.returncode}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -99,7 +104,9 @@ class ServiceProcess:
         self.address = f"127.0.0.1:{port}"
         env = {**os.environ, **self.env, "TUNELAB_PORT": str(port), "TUNELAB_METRICS_PORT": "0"}
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", f"tunelab.{self.name}"], env=env, stdout=out, stderr=out)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", f"tunelab.{self.name}"], env=env, stdout=out, stderr=out
+            )
         wait_serving(self.address, proc=self.proc)
         return self
 
@@ -144,7 +151,9 @@ class DatasetsStack:
 
 
 @pytest.fixture(params=["local", "s3"])
-def datasets(request: pytest.FixtureRequest, tmp_path: Path, moto_server: S3Server) -> Iterator[DatasetsStack]:
+def datasets(
+    request: pytest.FixtureRequest, tmp_path: Path, moto_server: S3Server
+) -> Iterator[DatasetsStack]:
     """The datasets service over each object-store backend: a local directory and moto's S3 server."""
     from tunelab.cli.clients.datasets import DatasetClient
     from tunelab.datasets.server import build_server
@@ -161,7 +170,12 @@ def datasets(request: pytest.FixtureRequest, tmp_path: Path, moto_server: S3Serv
             "s3_secure": False,
         }
     settings = DatasetSettings(
-        data_dir=tmp_path / "svc", port=0, metrics_port=0, allow_private_addresses=True, gc_grace_s=0, **overrides
+        data_dir=tmp_path / "svc",
+        port=0,
+        metrics_port=0,
+        allow_private_addresses=True,
+        gc_grace_s=0,
+        **overrides,
     )
     server, store = build_server(settings)
     server.start()
@@ -183,7 +197,18 @@ def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     port = free_port()
     data = tmp_path_factory.mktemp("s3rver")
     proc = subprocess.Popen(
-        [str(S3RVER), "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "--silent", "--configure-bucket", "signed"],
+        [
+            str(S3RVER),
+            "-d",
+            str(data),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--silent",
+            "--configure-bucket",
+            "signed",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

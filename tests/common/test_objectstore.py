@@ -69,7 +69,7 @@ def test_wrong_credentials_are_named(s3rver) -> None:
         s3_secret_key="wrong",
         s3_secure=False,
     )
-    with pytest.raises(PermissionDenied, match="InvalidAccessKeyId.*TUNELAB_S3_ACCESS_KEY"):
+    with pytest.raises(PermissionDenied, match=r"InvalidAccessKeyId.*TUNELAB_S3_ACCESS_KEY"):
         open_store(settings).put_bytes("x", b"y")
 
 
@@ -81,7 +81,7 @@ def test_missing_bucket_and_unreachable_server(moto_server) -> None:
         s3_secret_key="testing",
         s3_secure=False,
     )
-    with pytest.raises(NotFound, match="bucket 'no-such-bucket' does not exist"):
+    with pytest.raises(NotFound, match=r"bucket 'no-such-bucket' does not exist"):
         open_store(settings).put_bytes("x", b"y")
     dead = settings.model_copy(update={"s3_endpoint": "127.0.0.1:9", "store_url": "s3://bucket"})
     with pytest.raises(Unavailable, match=r"cannot reach the object store .*127\.0\.0\.1:9"):

@@ -57,7 +57,9 @@ def test_health_is_not_serving_until_started_and_needs_no_token(server) -> None:
     assert server.health.Check(req, None).status == health_pb2.HealthCheckResponse.NOT_SERVING
     server.start()
     assert health(server.address) == health_pb2.HealthCheckResponse.SERVING
-    assert health(server.address, "tunelab.datasets.v1.DatasetService") == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health(server.address, "tunelab.datasets.v1.DatasetService") == health_pb2.HealthCheckResponse.SERVING
+    )
     server.stop(0)
     assert server.health.Check(req, None).status == health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -76,7 +78,10 @@ def test_auth_and_error_mapping(server) -> None:
     stub = datasets_pb2_grpc.DatasetServiceStub(open_channel(server.address, "s3cret"))
     with pytest.raises(grpc.RpcError) as err:
         stub.GetDataset(pb.GetDatasetRequest(name="datasets/missing"))
-    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.NOT_FOUND, "dataset 'missing' does not exist")
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "dataset 'missing' does not exist",
+    )
 
     with pytest.raises(grpc.RpcError) as err:
         stub.GetDataset(pb.GetDatasetRequest(name="datasets/other"))
@@ -87,20 +92,32 @@ def test_auth_and_error_mapping(server) -> None:
     assert next(it).version.name == "v"
     with pytest.raises(grpc.RpcError) as err:
         next(it)
-    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.FAILED_PRECONDITION, "stream broke on purpose")
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "stream broke on purpose",
+    )
 
     text = generate_latest(server.registry).decode()
     assert 'tunelab_grpc_requests_total{code="NOT_FOUND",method="GetDataset",service="test"} 1.0' in text
-    assert 'tunelab_grpc_requests_total{code="UNAUTHENTICATED",method="GetDataset",service="test"} 2.0' in text
+    assert (
+        'tunelab_grpc_requests_total{code="UNAUTHENTICATED",method="GetDataset",service="test"} 2.0' in text
+    )
     assert 'tunelab_grpc_requests_total{code="INTERNAL",method="GetDataset",service="test"} 1.0' in text
-    assert 'tunelab_grpc_request_duration_seconds_count{method="WatchDatasetVersion",service="test"} 1.0' in text
+    assert (
+        'tunelab_grpc_request_duration_seconds_count{method="WatchDatasetVersion",service="test"} 1.0' in text
+    )
 
 
 def test_service_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     from conftest import free_port, wait_serving
 
     port = free_port()
-    env = {**os.environ, "TUNELAB_DATA_DIR": str(tmp_path), "TUNELAB_PORT": str(port), "TUNELAB_METRICS_PORT": "0"}
+    env = {
+        **os.environ,
+        "TUNELAB_DATA_DIR": str(tmp_path),
+        "TUNELAB_PORT": str(port),
+        "TUNELAB_METRICS_PORT": "0",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "tunelab.datasets"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -118,10 +135,19 @@ def test_service_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
 
 def test_bad_settings_name_the_variable(tmp_path: Path) -> None:
     env = {**os.environ, "TUNELAB_DATA_DIR": str(tmp_path), "TUNELAB_PORT": "not-a-port"}
-    result = subprocess.run([sys.executable, "-m", "tunelab.datasets"], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "tunelab.datasets"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert "TUNELAB_PORT" in result.stderr
-    env = {**os.environ, "TUNELAB_DATA_DIR": str(tmp_path), "TUNELAB_STORE_URL": "ftp://x", "TUNELAB_PORT": "0"}
-    result = subprocess.run([sys.executable, "-m", "tunelab.datasets"], env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "TUNELAB_DATA_DIR": str(tmp_path),
+        "TUNELAB_STORE_URL": "ftp://x",
+        "TUNELAB_PORT": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tunelab.datasets"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1
     assert "TUNELAB_STORE_URL" in result.stdout + result.stderr

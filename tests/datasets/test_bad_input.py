@@ -21,14 +21,18 @@ def code_and_details(fn):
 
 @pytest.mark.parametrize("name", ["Bad_Name", "-x", "x-", "a" * 64, "", "with space", "../up"])
 def test_invalid_dataset_names(datasets, name: str) -> None:
-    code, details = code_and_details(lambda: datasets.client.create(name, pb.Source(upload=pb.UploadSource())))
+    code, details = code_and_details(
+        lambda: datasets.client.create(name, pb.Source(upload=pb.UploadSource()))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "dataset_id" in details and "lower-case letters" in details
 
 
 def test_duplicate_dataset_name(datasets) -> None:
     datasets.client.create("dup", pb.Source(empty=pb.EmptySource()))
-    code, details = code_and_details(lambda: datasets.client.create("dup", pb.Source(upload=pb.UploadSource())))
+    code, details = code_and_details(
+        lambda: datasets.client.create("dup", pb.Source(upload=pb.UploadSource()))
+    )
     assert code == grpc.StatusCode.ALREADY_EXISTS and "'dup' exists already" in details
 
 
@@ -44,11 +48,14 @@ def test_sync_of_an_upload_dataset_is_refused(datasets) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "why"), [("/etc/passwd", "must be relative"), ("a/../../x", "must be relative"), ("./a", "must be relative")]
+    ("path", "why"),
+    [("/etc/passwd", "must be relative"), ("a/../../x", "must be relative"), ("./a", "must be relative")],
 )
 def test_upload_manifest_with_escaping_paths(datasets, path: str, why: str) -> None:
     datasets.client.create("m", pb.Source(upload=pb.UploadSource()))
-    req = pb.StartUploadRequest(parent="datasets/m", files=[pb.DatasetFile(path=path, size=1, sha256="a" * 64)])
+    req = pb.StartUploadRequest(
+        parent="datasets/m", files=[pb.DatasetFile(path=path, size=1, sha256="a" * 64)]
+    )
     code, details = code_and_details(lambda: datasets.client.stub.StartUpload(req))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and why in details and path in details
     assert list(datasets.client.list_versions("m")) == []  # nothing half-made
@@ -74,7 +81,9 @@ def test_blob_that_does_not_match_its_hash_is_refused_and_commit_waits_for_it(da
     data = b"real content"
     sha = hashlib.sha256(data).hexdigest()
     start = c.stub.StartUpload(
-        pb.StartUploadRequest(parent="datasets/m", files=[pb.DatasetFile(path="f.txt", size=len(data), sha256=sha)])
+        pb.StartUploadRequest(
+            parent="datasets/m", files=[pb.DatasetFile(path="f.txt", size=len(data), sha256=sha)]
+        )
     )
     assert list(start.missing_sha256) == [sha]
     lie = iter([pb.UploadBlobsRequest(sha256=sha, size=len(data), data=b"other content")])
@@ -117,7 +126,9 @@ def test_unknown_version_and_bad_refs(datasets) -> None:
 
 def write_lines(path: Path, rows: list[object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows))
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows)
+    )
 
 
 def test_advertisegen_transform(datasets, tmp_path: Path) -> None:
@@ -152,12 +163,16 @@ def test_advertisegen_transform(datasets, tmp_path: Path) -> None:
         ("[1, 2]", "train.json line 2: expected a JSON object"),
     ],
 )
-def test_advertisegen_transform_names_file_and_line(datasets, tmp_path: Path, line: str, message: str) -> None:
+def test_advertisegen_transform_names_file_and_line(
+    datasets, tmp_path: Path, line: str, message: str
+) -> None:
     c = datasets.client
     write_lines(tmp_path / "adv" / "train.json", [{"content": "a", "summary": "b"}, line])
     c.create("advbad", pb.Source(upload=pb.UploadSource()))
     c.push("advbad", tmp_path / "adv")
-    code, details = code_and_details(lambda: c.transform("advbad", "advertisegen-to-conversations", "advbad-fix"))
+    code, details = code_and_details(
+        lambda: c.transform("advbad", "advertisegen-to-conversations", "advbad-fix")
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
     versions = list(c.list_versions("advbad-fix"))
     assert [v.state for v in versions] == [pb.DatasetVersion.STATE_FAILED]

@@ -54,7 +54,10 @@ def test_sigkill_mid_prewarm_resumes_without_reuploading(
     svc.kill()
 
     s3 = moto_server.client()
-    before = {o.object_name: o.last_modified for o in s3.list_objects(bucket_name=bucket, prefix="blobs/", recursive=True)}
+    before = {
+        o.object_name: o.last_modified
+        for o in s3.list_objects(bucket_name=bucket, prefix="blobs/", recursive=True)
+    }
     assert 10 <= len(before) < 120
 
     svc = service_process("datasets", env, tmp_path / "datasets.log").start()
@@ -62,7 +65,10 @@ def test_sigkill_mid_prewarm_resumes_without_reuploading(
     final = list(client.watch("big@1"))[-1]
     assert final.state == pb.DatasetVersion.STATE_READY, final.error
     assert final.file_count == 120
-    after = {o.object_name: o.last_modified for o in s3.list_objects(bucket_name=bucket, prefix="blobs/", recursive=True)}
+    after = {
+        o.object_name: o.last_modified
+        for o in s3.list_objects(bucket_name=bucket, prefix="blobs/", recursive=True)
+    }
     assert len(after) == 120
     # Blobs stored before the kill were not uploaded again: same objects, same modification times.
     assert {k: after[k] for k in before} == before

@@ -53,7 +53,13 @@ def test_push_pull_roundtrip(datasets, tmp_path: Path) -> None:
 
     ds = c.get("adv")
     assert ds.latest_version == "datasets/adv/versions/1" and ds.version_count == 1
-    assert [f.path for f in c.list_files("adv@latest")] == ["a.txt", "dup.txt", "run.sh", "sub/b.bin", "sub/deep/c.json"]
+    assert [f.path for f in c.list_files("adv@latest")] == [
+        "a.txt",
+        "dup.txt",
+        "run.sh",
+        "sub/b.bin",
+        "sub/deep/c.json",
+    ]
 
 
 def test_unchanged_push_uploads_nothing_and_changed_push_only_the_change(datasets, tmp_path: Path) -> None:
@@ -65,7 +71,10 @@ def test_unchanged_push_uploads_nothing_and_changed_push_only_the_change(dataset
     start = c.stub.StartUpload(
         pb.StartUploadRequest(
             parent="datasets/d",
-            files=[pb.DatasetFile(path=f.path, size=f.size, sha256=f.sha256, mode=f.mode) for f in c.manifest_of(src).files],
+            files=[
+                pb.DatasetFile(path=f.path, size=f.size, sha256=f.sha256, mode=f.mode)
+                for f in c.manifest_of(src).files
+            ],
         )
     )
     assert list(start.missing_sha256) == []
@@ -73,7 +82,10 @@ def test_unchanged_push_uploads_nothing_and_changed_push_only_the_change(dataset
     start2 = c.stub.StartUpload(
         pb.StartUploadRequest(
             parent="datasets/d",
-            files=[pb.DatasetFile(path=f.path, size=f.size, sha256=f.sha256, mode=f.mode) for f in c.manifest_of(src).files],
+            files=[
+                pb.DatasetFile(path=f.path, size=f.size, sha256=f.sha256, mode=f.mode)
+                for f in c.manifest_of(src).files
+            ],
         )
     )
     assert len(start2.missing_sha256) == 1

@@ -69,7 +69,6 @@ def load_settings(cls: type[S], **overrides: object) -> S:
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         problems = "; ".join(
-            f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
+            f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         )
         raise InvalidArgument(f"invalid settings: {problems}") from exc

@@ -13,8 +13,10 @@ from tunelab.datasets.registry import DatasetRecord, VersionRecord
 from tunelab.datasets.sources.spec import SourceSpec, spec_from_dict, spec_to_dict
 from tunelab.datasets.v1 import datasets_pb2 as pb
 
-STATE = {name: getattr(pb.DatasetVersion.State, f"STATE_{name}") for name in
-         ("PENDING", "FETCHING", "UPLOADING", "VERIFYING", "READY", "FAILED")}
+STATE = {
+    name: getattr(pb.DatasetVersion.State, f"STATE_{name}")
+    for name in ("PENDING", "FETCHING", "UPLOADING", "VERIFYING", "READY", "FAILED")
+}
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:

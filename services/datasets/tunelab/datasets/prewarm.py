@@ -95,7 +95,9 @@ class Prewarmer:
         progress.files_total = len(found)
         progress.bytes_total = sum(st.st_size for _, _, st in found)
         cached = (
-            self.hash_cache.lookup_many([(p, st) for _, p, st in found]) if self.hash_cache else [None] * len(found)
+            self.hash_cache.lookup_many([(p, st) for _, p, st in found])
+            if self.hash_cache
+            else [None] * len(found)
         )
         entries: list[FileEntry | None] = [None] * len(found)
         todo = []

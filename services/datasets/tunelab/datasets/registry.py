@@ -219,7 +219,9 @@ class Registry:
         return numbers
 
     # -- versions ---------------------------------------------------------------------------
-    def new_version(self, dataset_id: str, state: str, provenance: dict[str, str] | None = None) -> VersionRecord:
+    def new_version(
+        self, dataset_id: str, state: str, provenance: dict[str, str] | None = None
+    ) -> VersionRecord:
         now = time.time()
         with self.engine.begin() as db:
             number = db.execute(
@@ -227,7 +229,9 @@ class Registry:
             ).scalar()
             if number is None:
                 raise NotFound(f"dataset {dataset_id!r} does not exist")
-            db.execute(update(datasets_t).where(datasets_t.c.id == dataset_id).values(next_version=number + 1))
+            db.execute(
+                update(datasets_t).where(datasets_t.c.id == dataset_id).values(next_version=number + 1)
+            )
             db.execute(
                 insert(versions_t).values(
                     dataset_id=dataset_id,
@@ -296,7 +300,9 @@ class Registry:
 
     def delete_version(self, dataset_id: str, number: int) -> None:
         with self.engine.begin() as db:
-            db.execute(delete(uploads_t).where(uploads_t.c.dataset_id == dataset_id, uploads_t.c.number == number))
+            db.execute(
+                delete(uploads_t).where(uploads_t.c.dataset_id == dataset_id, uploads_t.c.number == number)
+            )
             n = db.execute(
                 delete(versions_t).where(versions_t.c.dataset_id == dataset_id, versions_t.c.number == number)
             ).rowcount
@@ -341,7 +347,9 @@ class Registry:
 
     def drop_upload(self, dataset_id: str, number: int) -> None:
         with self.engine.begin() as db:
-            db.execute(delete(uploads_t).where(uploads_t.c.dataset_id == dataset_id, uploads_t.c.number == number))
+            db.execute(
+                delete(uploads_t).where(uploads_t.c.dataset_id == dataset_id, uploads_t.c.number == number)
+            )
 
     # -- blob index -------------------------------------------------------------------------
     def known_blobs(self, hashes: list[str]) -> set[str]:
@@ -349,7 +357,9 @@ class Registry:
         with self.engine.connect() as db:
             for i in range(0, len(hashes), 500):
                 part = hashes[i : i + 500]
-                found.update(r[0] for r in db.execute(select(blobs_t.c.sha256).where(blobs_t.c.sha256.in_(part))))
+                found.update(
+                    r[0] for r in db.execute(select(blobs_t.c.sha256).where(blobs_t.c.sha256.in_(part)))
+                )
         return found
 
     def add_blobs(self, blobs: dict[str, int]) -> None:
@@ -360,7 +370,9 @@ class Registry:
             keys = list(blobs)
             for i in range(0, len(keys), 500):
                 part = keys[i : i + 500]
-                known.update(r[0] for r in db.execute(select(blobs_t.c.sha256).where(blobs_t.c.sha256.in_(part))))
+                known.update(
+                    r[0] for r in db.execute(select(blobs_t.c.sha256).where(blobs_t.c.sha256.in_(part)))
+                )
             fresh = [{"sha256": k, "size": v, "verified": True} for k, v in blobs.items() if k not in known]
             if fresh:
                 try:

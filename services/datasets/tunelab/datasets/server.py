@@ -47,7 +47,11 @@ def build_server(settings: DatasetSettings) -> tuple[GrpcServer, DatasetStore]:
     server = GrpcServer(
         "datasets",
         f"{settings.host}:{settings.port}",
-        [Registration(full_name, datasets_pb2_grpc.add_DatasetServiceServicer_to_server, DatasetServicer(store))],
+        [
+            Registration(
+                full_name, datasets_pb2_grpc.add_DatasetServiceServicer_to_server, DatasetServicer(store)
+            )
+        ],
         auth_token=settings.auth_token.get_secret_value(),
         metrics_port=settings.metrics_port or None,
         on_stop=store.close,

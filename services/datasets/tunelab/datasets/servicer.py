@@ -18,40 +18,56 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def __init__(self, store: DatasetStore) -> None:
         self.store = store
 
-    def CreateDataset(self, request: pb.CreateDatasetRequest, context: grpc.ServicerContext) -> pb.CreateDatasetResponse:
+    def CreateDataset(
+        self, request: pb.CreateDatasetRequest, context: grpc.ServicerContext
+    ) -> pb.CreateDatasetResponse:
         source = convert.source_from_pb(request.dataset.source)
         ds, _ = self.store.create_dataset(
             request.dataset_id, source, request.dataset.description, dict(request.dataset.labels)
         )
         return pb.CreateDatasetResponse(dataset=convert.dataset_to_pb(ds))
 
-    def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.ServicerContext) -> pb.GetDatasetResponse:
+    def GetDataset(
+        self, request: pb.GetDatasetRequest, context: grpc.ServicerContext
+    ) -> pb.GetDatasetResponse:
         ds = self.store.get_dataset(parse_name(request.name, "datasets", "name"))
         return pb.GetDatasetResponse(dataset=convert.dataset_to_pb(ds))
 
-    def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext) -> pb.ListDatasetsResponse:
+    def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> pb.ListDatasetsResponse:
         items, token = self.store.list_datasets(request.page_token, request.page_size)
-        return pb.ListDatasetsResponse(datasets=[convert.dataset_to_pb(d) for d in items], next_page_token=token)
+        return pb.ListDatasetsResponse(
+            datasets=[convert.dataset_to_pb(d) for d in items], next_page_token=token
+        )
 
-    def DeleteDataset(self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext) -> pb.DeleteDatasetResponse:
+    def DeleteDataset(
+        self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteDatasetResponse:
         self.store.delete_dataset(parse_name(request.name, "datasets", "name"))
         return pb.DeleteDatasetResponse()
 
-    def SyncDataset(self, request: pb.SyncDatasetRequest, context: grpc.ServicerContext) -> pb.SyncDatasetResponse:
+    def SyncDataset(
+        self, request: pb.SyncDatasetRequest, context: grpc.ServicerContext
+    ) -> pb.SyncDatasetResponse:
         version = self.store.sync(parse_name(request.name, "datasets", "name"))
         return pb.SyncDatasetResponse(version=convert.version_to_pb(version))
 
     def GetDatasetVersion(
         self, request: pb.GetDatasetVersionRequest, context: grpc.ServicerContext
     ) -> pb.GetDatasetVersionResponse:
-        return pb.GetDatasetVersionResponse(version=convert.version_to_pb(self.store.get_version(request.name)))
+        return pb.GetDatasetVersionResponse(
+            version=convert.version_to_pb(self.store.get_version(request.name))
+        )
 
     def ListDatasetVersions(
         self, request: pb.ListDatasetVersionsRequest, context: grpc.ServicerContext
     ) -> pb.ListDatasetVersionsResponse:
         dataset_id = parse_name(request.parent, "datasets", "parent")
         items, token = self.store.list_versions(dataset_id, request.page_token, request.page_size)
-        return pb.ListDatasetVersionsResponse(versions=[convert.version_to_pb(v) for v in items], next_page_token=token)
+        return pb.ListDatasetVersionsResponse(
+            versions=[convert.version_to_pb(v) for v in items], next_page_token=token
+        )
 
     def DeleteDatasetVersion(
         self, request: pb.DeleteDatasetVersionRequest, context: grpc.ServicerContext
@@ -75,17 +91,21 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             files=[convert.file_to_pb(f) for f in files], next_page_token=token, version=version.name
         )
 
-    def StartUpload(self, request: pb.StartUploadRequest, context: grpc.ServicerContext) -> pb.StartUploadResponse:
+    def StartUpload(
+        self, request: pb.StartUploadRequest, context: grpc.ServicerContext
+    ) -> pb.StartUploadResponse:
         dataset_id = parse_name(request.parent, "datasets", "parent")
         files = [convert.file_from_pb(f) for f in request.files]
         plan = self.store.start_upload(dataset_id, files, dict(request.provenance))
-        return pb.StartUploadResponse(version=convert.version_to_pb(plan.version), missing_sha256=plan.missing)
+        return pb.StartUploadResponse(
+            version=convert.version_to_pb(plan.version), missing_sha256=plan.missing
+        )
 
     def UploadBlobs(
         self, request_iterator: Iterator[pb.UploadBlobsRequest], context: grpc.ServicerContext
     ) -> pb.UploadBlobsResponse:
         stored = stored_bytes = 0
-        for sha, size, chunks in _split_blobs(request_iterator):
+        for sha, size, chunks in _BlobStream(request_iterator):
             self.store.put_blob(sha, size, chunks)
             stored += 1
             stored_bytes += size
@@ -96,7 +116,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     ) -> pb.CommitDatasetVersionResponse:
         return pb.CommitDatasetVersionResponse(version=convert.version_to_pb(self.store.commit(request.name)))
 
-    def ReadBlob(self, request: pb.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadBlobResponse]:
+    def ReadBlob(
+        self, request: pb.ReadBlobRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ReadBlobResponse]:
         for chunk in self.store.read_blob(request.sha256):
             yield pb.ReadBlobResponse(data=chunk)
 
@@ -114,27 +136,29 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         return pb.GarbageCollectBlobsResponse(blobs_deleted=deleted, bytes_deleted=freed, blobs_kept=kept)
 
 
-def _split_blobs(requests: Iterator[pb.UploadBlobsRequest]) -> Iterator[tuple[str, int, Iterator[bytes]]]:
-    """Splits the UploadBlobs stream into (sha256, size, chunks) per blob; the first message of a
+class _BlobStream:
+    """Splits the UploadBlobs stream into (sha256, size, chunks) per blob: the first message of a
     blob names it, the following ones (with an empty sha256) continue it."""
-    it = iter(requests)
-    head = next(it, None)
-    while head is not None:
-        if not head.sha256:
-            raise InvalidArgument("UploadBlobs: the first message of each blob must set sha256 and size")
-        state: dict[str, pb.UploadBlobsRequest | None] = {"next": None}
 
-        def chunks(first: pb.UploadBlobsRequest = head) -> Iterator[bytes]:
-            if first.data:
-                yield first.data
-            for msg in it:
-                if msg.sha256:
-                    state["next"] = msg
-                    return
-                yield msg.data
+    def __init__(self, requests: Iterator[pb.UploadBlobsRequest]) -> None:
+        self._it = iter(requests)
+        self._head = next(self._it, None)
 
-        gen = chunks()
-        yield head.sha256, head.size, gen
-        for _ in gen:  # drain what the consumer left, so the stream stays aligned
-            pass
-        head = state["next"]
+    def __iter__(self) -> Iterator[tuple[str, int, Iterator[bytes]]]:
+        while self._head is not None:
+            head, self._head = self._head, None
+            if not head.sha256:
+                raise InvalidArgument("UploadBlobs: the first message of each blob must set sha256 and size")
+            chunks = self._chunks(head)
+            yield head.sha256, head.size, chunks
+            for _ in chunks:  # drain what the consumer left, so the stream stays aligned
+                pass
+
+    def _chunks(self, first: pb.UploadBlobsRequest) -> Iterator[bytes]:
+        if first.data:
+            yield first.data
+        for msg in self._it:
+            if msg.sha256:
+                self._head = msg
+                return
+            yield msg.data

@@ -21,7 +21,14 @@ from tunelab.common.storage.manifest import FileEntry, Manifest
 from tunelab.common.storage.materialize import materialize
 from tunelab.datasets.prewarm import Prewarmer, PrewarmProgress
 from tunelab.datasets.registry import DatasetRecord, Registry, VersionRecord
-from tunelab.datasets.sources.spec import FETCHED, DerivedSpec, FetchPolicy, SourceSpec, spec_from_dict, spec_to_dict
+from tunelab.datasets.sources.spec import (
+    FETCHED,
+    DerivedSpec,
+    FetchPolicy,
+    SourceSpec,
+    spec_from_dict,
+    spec_to_dict,
+)
 from tunelab.datasets.transforms import TRANSFORMS
 
 log = logging.getLogger(__name__)
@@ -154,7 +161,9 @@ class DatasetStore:
             if fetched_marker.exists():
                 provenance = json.loads(fetched_marker.read_text())
             else:
-                version = self.registry.update_version(version, state="FETCHING", progress={"phase": "fetching"})
+                version = self.registry.update_version(
+                    version, state="FETCHING", progress={"phase": "fetching"}
+                )
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(parents=True)
                 provenance = self._fetch_into(spec, staging, version)
@@ -198,7 +207,12 @@ class DatasetStore:
             current = self.registry.get_version(version.dataset_id, version.number)
             self.registry.update_version(
                 current,
-                progress={"phase": "fetching", "current_file": message, "bytes_done": done, "bytes_total": total},
+                progress={
+                    "phase": "fetching",
+                    "current_file": message,
+                    "bytes_done": done,
+                    "bytes_total": total,
+                },
             )
 
         return dict(self._fetch(spec, staging, self.policy, progress))
@@ -216,7 +230,9 @@ class DatasetStore:
         self.prewarmer.upload(root, manifest, progress, publish)
         return self._finish(holder[0], manifest, progress)
 
-    def _finish(self, version: VersionRecord, manifest: Manifest, progress: PrewarmProgress | None) -> VersionRecord:
+    def _finish(
+        self, version: VersionRecord, manifest: Manifest, progress: PrewarmProgress | None
+    ) -> VersionRecord:
         version = self.registry.update_version(version, state="VERIFYING")
         unique = manifest.unique_blobs()
         absent = set(unique) - self.registry.known_blobs(list(unique))
@@ -251,7 +267,9 @@ class DatasetStore:
         dataset_id, number = parse_version_name(name)
         return self.registry.get_version(dataset_id, number)
 
-    def list_versions(self, dataset_id: str, page_token: str, page_size: int) -> tuple[list[VersionRecord], str]:
+    def list_versions(
+        self, dataset_id: str, page_token: str, page_size: int
+    ) -> tuple[list[VersionRecord], str]:
         size = _page_size(page_size)
         after = int(page_token) if page_token.isdigit() else 0
         items = self.registry.list_versions(check_id(dataset_id, "dataset"), after, size)
@@ -271,11 +289,15 @@ class DatasetStore:
     def manifest(self, name: str) -> tuple[VersionRecord, Manifest]:
         version = self.get_version(name)
         if version.state != "READY":
-            raise FailedPrecondition(f"{version.name} is {version.state}, not READY: wait for it (`tunelab dataset watch`)")
+            raise FailedPrecondition(
+                f"{version.name} is {version.state}, not READY: wait for it (`tunelab dataset watch`)"
+            )
         key = manifest_key(version.dataset_id, version.number)
         return version, Manifest.from_json(self.blobs.store.get_bytes(key), key)
 
-    def list_files(self, name: str, page_token: str, page_size: int) -> tuple[VersionRecord, list[FileEntry], str]:
+    def list_files(
+        self, name: str, page_token: str, page_size: int
+    ) -> tuple[VersionRecord, list[FileEntry], str]:
         version, manifest = self.manifest(name)
         start = int(page_token) if page_token.isdigit() else 0
         size = _page_size(page_size, default=1000, maximum=10000)
@@ -309,7 +331,9 @@ class DatasetStore:
     def commit(self, name: str) -> VersionRecord:
         version = self.get_version(name)
         if version.state != "UPLOADING":
-            raise FailedPrecondition(f"{version.name} is {version.state}; only an uploading version can be committed")
+            raise FailedPrecondition(
+                f"{version.name} is {version.state}; only an uploading version can be committed"
+            )
         text = self.registry.get_upload(version.dataset_id, version.number)
         if text is None:
             raise FailedPrecondition(f"{version.name} has no upload in progress")
@@ -332,20 +356,30 @@ class DatasetStore:
     def transform(self, source_name: str, transform: str, target_id: str) -> VersionRecord:
         fn = TRANSFORMS.get(transform)
         if fn is None:
-            raise InvalidArgument(f"transform: unknown {transform!r}; available: {', '.join(sorted(TRANSFORMS))}")
+            raise InvalidArgument(
+                f"transform: unknown {transform!r}; available: {', '.join(sorted(TRANSFORMS))}"
+            )
         source_version, manifest = self.manifest(source_name)
         check_id(target_id, "target")
         try:
             self.registry.get_dataset(target_id)
         except NotFound:
             spec = DerivedSpec(version=source_version.name, transform=transform)
-            self.registry.create_dataset(DatasetRecord(target_id, f"{transform} of {source_version.name}", spec_to_dict(spec), {}, time.time()))
-        version = self.registry.new_version(target_id, "UPLOADING", {"from": source_version.name, "transform": transform})
+            self.registry.create_dataset(
+                DatasetRecord(
+                    target_id, f"{transform} of {source_version.name}", spec_to_dict(spec), {}, time.time()
+                )
+            )
+        version = self.registry.new_version(
+            target_id, "UPLOADING", {"from": source_version.name, "transform": transform}
+        )
         try:
             with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
                 src = Path(tmp) / "in"
                 out = Path(tmp) / "out"
-                materialize(manifest, src, self.cache, StoreSource(self.blobs), label=f"{source_version.name}:")
+                materialize(
+                    manifest, src, self.cache, StoreSource(self.blobs), label=f"{source_version.name}:"
+                )
                 out.mkdir()
                 fn(src, out)
                 return self._prewarm(version, out, {"from": source_version.name, "transform": transform})
@@ -359,7 +393,9 @@ class DatasetStore:
         for prefix in ("datasets/", "environments/"):
             for info in self.blobs.store.list(prefix):
                 if info.key.endswith("manifest.json"):
-                    referenced.update(Manifest.from_json(self.blobs.store.get_bytes(info.key), info.key).unique_blobs())
+                    referenced.update(
+                        Manifest.from_json(self.blobs.store.get_bytes(info.key), info.key).unique_blobs()
+                    )
         for text in self.registry.pending_upload_manifests():
             referenced.update(Manifest.from_json(text.encode()).unique_blobs())
         cutoff = time.time() - self.gc_grace_s

@@ -20,7 +20,9 @@ def advertisegen_to_conversations(src: Path, out: Path) -> None:
     """
     found = {p.name: p for p in sorted(src.rglob("*.json")) if p.name in SPLITS}
     if "train.json" not in found:
-        raise InvalidArgument(f"advertisegen-to-conversations: no train.json in the input (has: {_listing(src)})")
+        raise InvalidArgument(
+            f"advertisegen-to-conversations: no train.json in the input (has: {_listing(src)})"
+        )
     for name, path in found.items():
         rel = path.relative_to(src).as_posix()
         written = 0
@@ -31,12 +33,18 @@ def advertisegen_to_conversations(src: Path, out: Path) -> None:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InvalidArgument(f"{rel} line {lineno}: not JSON ({exc.msg} at column {exc.colno})") from None
+                    raise InvalidArgument(
+                        f"{rel} line {lineno}: not JSON ({exc.msg} at column {exc.colno})"
+                    ) from None
                 if not isinstance(row, dict):
-                    raise InvalidArgument(f"{rel} line {lineno}: expected a JSON object, got {type(row).__name__}")
+                    raise InvalidArgument(
+                        f"{rel} line {lineno}: expected a JSON object, got {type(row).__name__}"
+                    )
                 for key in ("content", "summary"):
                     if not isinstance(row.get(key), str) or not row[key]:
-                        raise InvalidArgument(f"{rel} line {lineno}: field {key!r} is missing or not a non-empty string")
+                        raise InvalidArgument(
+                            f"{rel} line {lineno}: field {key!r} is missing or not a non-empty string"
+                        )
                 sample = {
                     "conversations": [
                         {"role": "user", "content": row["content"]},

@@ -3,6 +3,7 @@ version, sending only blobs the store lacks) and pull (verified materialize thro
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -110,7 +111,7 @@ class DatasetClient:
         for _, files in self._file_pages(ref):
             yield from files
 
-    def _file_pages(self, ref: str) -> Iterator[tuple[str, list[pb.DatasetFile]]]:
+    def _file_pages(self, ref: str) -> Iterator[tuple[str, builtins.list[pb.DatasetFile]]]:
         token = ""
         parent = version_name(ref)
         while True:
@@ -147,7 +148,10 @@ class DatasetClient:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(hash_one, todo))
         return Manifest(
-            [FileEntry(rel, st.st_size, sha or "", file_mode(st)) for (rel, _, st), sha in zip(found, cached, strict=True)]
+            [
+                FileEntry(rel, st.st_size, sha or "", file_mode(st))
+                for (rel, _, st), sha in zip(found, cached, strict=True)
+            ]
         )
 
     def push(
@@ -162,7 +166,10 @@ class DatasetClient:
         start = self.stub.StartUpload(
             pb.StartUploadRequest(
                 parent=dataset_name(dataset_id),
-                files=[pb.DatasetFile(path=f.path, size=f.size, sha256=f.sha256, mode=f.mode) for f in manifest.files],
+                files=[
+                    pb.DatasetFile(path=f.path, size=f.size, sha256=f.sha256, mode=f.mode)
+                    for f in manifest.files
+                ],
                 provenance=provenance or {},
             )
         )
@@ -174,14 +181,19 @@ class DatasetClient:
         return self.stub.CommitDatasetVersion(pb.CommitDatasetVersionRequest(name=start.version.name)).version
 
     def _send_blobs(
-        self, missing: list[str], paths: dict[str, Path], sizes: dict[str, int], total: int, progress: Progress | None
+        self,
+        missing: builtins.list[str],
+        paths: dict[str, Path],
+        sizes: dict[str, int],
+        total: int,
+        progress: Progress | None,
     ) -> None:
         if progress:
             progress(0, total)
         if not missing:
             return
         # Spread blobs over a few concurrent streams, largest first, each to the emptiest stream.
-        lanes: list[list[str]] = [[] for _ in range(min(STREAMS, len(missing)))]
+        lanes: builtins.list[builtins.list[str]] = [[] for _ in range(min(STREAMS, len(missing)))]
         loads = [0] * len(lanes)
         for sha in sorted(missing, key=lambda s: -sizes[s]):
             i = loads.index(min(loads))
@@ -190,7 +202,7 @@ class DatasetClient:
         done = [0]
         lock = threading.Lock()
 
-        def messages(lane: list[str]) -> Iterator[pb.UploadBlobsRequest]:
+        def messages(lane: builtins.list[str]) -> Iterator[pb.UploadBlobsRequest]:
             for sha in lane:
                 with paths[sha].open("rb") as src:
                     first = True
@@ -214,9 +226,10 @@ class DatasetClient:
 
     def pull(self, ref: str, directory: Path, progress: Progress | None = None) -> MaterializeResult:
         """Materializes a version into ``directory`` (verified, cached; atomic)."""
-        files: list[FileEntry] = []
+        files: builtins.list[FileEntry] = []
         resolved = ""
-        for resolved, page in self._file_pages(ref):
+        for version, page in self._file_pages(ref):
+            resolved = version
             files.extend(FileEntry(f.path, f.size, f.sha256, f.mode or 0o644) for f in page)
         manifest = Manifest(files)
         return materialize(

@@ -17,8 +17,12 @@ class _BearerAuth(grpc.AuthMetadataPlugin):
         callback((("authorization", f"Bearer {self._token}"),), None)
 
 
-class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                        grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _TokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """Adds ``authorization`` metadata on plaintext channels (grpc refuses call credentials there)."""
 
     def __init__(self, token: str) -> None:
@@ -48,9 +52,7 @@ class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
 
 
 class _Details(
-    namedtuple(
-        "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
-    ),
+    namedtuple("_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
     grpc.ClientCallDetails,
 ):
     """Call details with extra metadata (grpc's own type cannot be copied)."""
@@ -65,7 +67,9 @@ def open_channel(address: str, token: str = "", *, tls: bool = False) -> grpc.Ch
     if tls:
         creds = grpc.ssl_channel_credentials()
         if token:
-            creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_BearerAuth(token)))
+            creds = grpc.composite_channel_credentials(
+                creds, grpc.metadata_call_credentials(_BearerAuth(token))
+            )
         return grpc.secure_channel(address, creds, options=options)
     channel = grpc.insecure_channel(address, options=options)
     return grpc.intercept_channel(channel, _TokenInterceptor(token)) if token else channel

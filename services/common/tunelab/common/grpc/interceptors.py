@@ -99,7 +99,7 @@ class ErrorInterceptor(_WrappingInterceptor):
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:
                     yield from behaviour(request, context)
-                except Exception as exc:  # noqa: BLE001 - this is the one place errors are mapped
+                except Exception as exc:
                     if _is_abort(exc, context):
                         raise
                     abort(context, exc)
@@ -109,7 +109,7 @@ class ErrorInterceptor(_WrappingInterceptor):
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 return behaviour(request, context)
-            except Exception as exc:  # noqa: BLE001 - this is the one place errors are mapped
+            except Exception as exc:
                 if _is_abort(exc, context):
                     raise
                 abort(context, exc)
@@ -148,8 +148,7 @@ class AuthInterceptor(_WrappingInterceptor):
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
             context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong bearer token: set TUNELAB_AUTH_TOKEN (or --token) to the "
-                "service's token",
+                "missing or wrong bearer token: set TUNELAB_AUTH_TOKEN (or --token) to the service's token",
             )
 
         return deny

@@ -53,10 +53,11 @@ class HashCache:
         with self._lock:
             for i in range(0, len(names), 500):
                 part = names[i : i + 500]
-                rows = self._db.execute(
-                    f"SELECT path, size, mtime_ns, ino, ctime_ns, sha256 FROM hashes WHERE path IN ({','.join('?' * len(part))})",
-                    part,
-                ).fetchall()
+                marks = ",".join("?" * len(part))
+                query = (
+                    f"SELECT path, size, mtime_ns, ino, ctime_ns, sha256 FROM hashes WHERE path IN ({marks})"
+                )
+                rows = self._db.execute(query, part).fetchall()
                 for path, *key, sha in rows:
                     if tuple(key) == wanted[path]:
                         found[path] = sha

@@ -71,7 +71,7 @@ def materialize(
     done = 0
     lock = threading.Lock()
 
-    first_path = {}
+    first_path: dict[str, str] = {}
     for entry in manifest.files:
         first_path.setdefault(entry.sha256, entry.path)
 

@@ -92,7 +92,11 @@ class S3Store:
                         f"the S3 server refused {key or 'the request'} ({exc.code}): check "
                         "TUNELAB_S3_ACCESS_KEY / TUNELAB_S3_SECRET_KEY"
                     ) from None
-                if attempt == self.attempts or exc.code not in ("SlowDown", "InternalError", "RequestTimeout"):
+                if attempt == self.attempts or exc.code not in (
+                    "SlowDown",
+                    "InternalError",
+                    "RequestTimeout",
+                ):
                     raise Unavailable(f"S3 error on {key or self.bucket}: {exc.code}: {exc.message}") from exc
             except TRANSIENT as exc:
                 if attempt == self.attempts:
@@ -109,7 +113,9 @@ class S3Store:
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
-            st = self._call(lambda: self.client.stat_object(bucket_name=self.bucket, object_name=self._key(key)), key)
+            st = self._call(
+                lambda: self.client.stat_object(bucket_name=self.bucket, object_name=self._key(key)), key
+            )
         except NotFound:
             return None
         modified = st.last_modified.timestamp() if st.last_modified else 0.0
@@ -153,7 +159,9 @@ class S3Store:
         return self._call(get, key)
 
     def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
-        resp = self._call(lambda: self.client.get_object(bucket_name=self.bucket, object_name=self._key(key)), key)
+        resp = self._call(
+            lambda: self.client.get_object(bucket_name=self.bucket, object_name=self._key(key)), key
+        )
         try:
             yield from resp.stream(chunk_size)
         finally:
@@ -178,9 +186,11 @@ class S3Store:
         try:
             for obj in objects:
                 modified = obj.last_modified.timestamp() if obj.last_modified else 0.0
-                yield ObjectInfo(obj.object_name[len(self.prefix):], obj.size or 0, modified)
+                yield ObjectInfo(obj.object_name[len(self.prefix) :], obj.size or 0, modified)
         except TRANSIENT as exc:
             raise Unavailable(f"cannot list {self.describe()}: {exc}") from exc
 
     def delete(self, key: str) -> None:
-        self._call(lambda: self.client.remove_object(bucket_name=self.bucket, object_name=self._key(key)), key)
+        self._call(
+            lambda: self.client.remove_object(bucket_name=self.bucket, object_name=self._key(key)), key
+        )
