@@ -77,7 +77,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidArgument(f"cannot read the config file {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise InvalidArgument(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
+        raise InvalidArgument(
+            f"config file {path}: expected a mapping of settings, got {type(data).__name__}"
+        )
     unknown = sorted(set(data) - set(ENV_VARS))
     if unknown:
         raise InvalidArgument(
@@ -154,7 +156,9 @@ class Clients:
         from tunelab.cli.clients.datasets import DatasetClient
 
         self.config.cache_dir.mkdir(parents=True, exist_ok=True)
-        return DatasetClient(self.channel("datasets"), self.config.cache_dir, address=self.config.address("datasets"))
+        return DatasetClient(
+            self.channel("datasets"), self.config.cache_dir, address=self.config.address("datasets")
+        )
 
     def close(self) -> None:
         for ch in self._channels.values():

@@ -1,0 +1,1 @@
+"""The tunelab command line: commands, typed clients, the embedded stack."""

@@ -1,0 +1,464 @@
+"""``tunelab dataset …``: named, versioned datasets on the datasets service.
+
+References: ``NAME`` is a dataset; ``NAME@VERSION`` one of its versions (``NAME`` alone or
+``NAME@latest`` means the newest READY one). gRPC errors are turned into messages by the root
+group in ``tunelab.cli.main``, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from tunelab.cli.output import Format
+
+if TYPE_CHECKING:
+    from tunelab.cli.clients.datasets import DatasetClient
+    from tunelab.datasets.v1 import datasets_pb2 as pb
+
+app = typer.Typer(
+    help="Named, versioned datasets: create them from a source, follow their preparation, pull and "
+    "push their files, transform them.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+
+SOURCES = (
+    ("https://… or http://…", "a file or an archive (.zip, .tar, .tar.gz, .tgz), unpacked"),
+    ("git+https://…[@ref] or git:URL[@ref]", "a git repository at a branch, tag or commit"),
+    ("s3://bucket/prefix", "a bucket on AWS or another S3-compatible server (see --s3-endpoint)"),
+    ("upload:DIR or an existing DIR", "a local directory, uploaded from this machine"),
+    ("hf:org/repo[@revision]", "a Hugging Face hub repository (hf:datasets/org/name for a dataset repo)"),
+    ("empty", "no content yet: job outputs are written into it"),
+)
+SOURCE_HELP = "Where the content comes from: " + "; ".join(f"{k} ({v})" for k, v in SOURCES).replace(
+    "[", r"\["
+)
+
+NameArg = Annotated[
+    str, typer.Argument(metavar="NAME", help="Dataset name: lower-case letters, digits and '-'.")
+]
+RefArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="NAME[@VERSION]", help="A dataset, or one version: NAME@3 (default: latest READY)."
+    ),
+]
+OutputOpt = Annotated[
+    Format | None,
+    typer.Option(
+        "--output", "-o", help="table, json or yaml (default: table, or `output` in the config file)."
+    ),
+]
+NoWaitOpt = Annotated[
+    bool, typer.Option("--no-wait", help="Return at once instead of showing progress until READY.")
+]
+
+
+@dataclass(frozen=True)
+class S3Options:
+    endpoint: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    region: str = ""
+    insecure: bool = False
+
+
+def parse_source(
+    text: str, s3: S3Options | None = None, hf_token: str = "", hf_endpoint: str = ""
+) -> tuple[pb.Source, Path | None]:
+    """``--source`` → a Source message, and the directory to upload for upload sources."""
+    from tunelab.datasets.v1 import datasets_pb2 as pb
+
+    s3 = s3 or S3Options()
+    if text == "empty":
+        return pb.Source(empty=pb.EmptySource()), None
+    if text.startswith("git+") or text.startswith("git:"):
+        url, ref = split_ref(text[4:])
+        if not url:
+            _bad_source(text, "name the repository, e.g. git+https://github.com/org/repo@main")
+        return pb.Source(git=pb.GitSource(url=url, ref=ref)), None
+    if text.startswith(("https://", "http://")):
+        return pb.Source(http=pb.HttpSource(url=text)), None
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[len("s3://") :].partition("/")
+        if not bucket:
+            _bad_source(text, "name the bucket, e.g. s3://bucket/prefix")
+        endpoint, secure = s3.endpoint, not s3.insecure
+        if endpoint.startswith(("http://", "https://")):
+            secure = secure and endpoint.startswith("https://")
+            endpoint = endpoint.split("://", 1)[1].rstrip("/")
+        src = pb.S3Source(
+            bucket=bucket, prefix=prefix, endpoint=endpoint, region=s3.region, secure=secure,
+            access_key=s3.access_key, secret_key=s3.secret_key,
+        )  # fmt: skip
+        return pb.Source(s3=src), None
+    if text.startswith("hf:"):
+        repo, _, revision = text[len("hf:") :].partition("@")
+        repo_type = "model"
+        for kind in ("models", "datasets", "spaces"):
+            if repo.startswith(f"{kind}/"):
+                repo_type, repo = kind[:-1], repo[len(kind) + 1 :]
+        if not repo or repo.count("/") > 1 or repo.startswith("/") or repo.endswith("/"):
+            _bad_source(text, "name the repository as hf:org/name or hf:datasets/org/name")
+        hf = pb.HuggingFaceSource(
+            repo_id=repo, repo_type=repo_type, revision=revision, token=hf_token, endpoint=hf_endpoint
+        )
+        return pb.Source(hf=hf), None
+    if text.startswith("upload:") or Path(text).expanduser().is_dir():
+        directory = Path(text.removeprefix("upload:")).expanduser()
+        if not directory.is_dir():
+            _bad_source(text, f"{directory} is not a directory")
+        return pb.Source(upload=pb.UploadSource()), directory.resolve()
+    if "://" in text or (":" in text.split("/", 1)[0]):
+        _bad_source(text, "unknown kind of source")
+    _bad_source(text, f"no such directory: {text}")
+
+
+def split_ref(url: str) -> tuple[str, str]:
+    """``https://host/org/repo@v1`` → (``https://host/org/repo``, ``v1``); an ``@`` in the user part
+    of the URL (``https://me@host/…``, ``git@host:org/repo``) is not a ref."""
+    if "://" in url:
+        start = url.find("/", url.index("://") + 3)
+    elif ":" in url:
+        start = url.index(":")  # scp-like: user@host:path
+    else:
+        start = 0
+    if start < 0 or "@" not in url[start:]:
+        return url, ""
+    at = url.index("@", start)
+    return url[:at], url[at + 1 :]
+
+
+def _bad_source(text: str, why: str) -> NoReturn:
+    kinds = ", ".join(k for k, _ in SOURCES)
+    raise typer.BadParameter(f"{text!r}: {why}. Valid sources: {kinds}.", param_hint="'--source'")
+
+
+def parse_labels(values: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in values:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="'--label'")
+        labels[key] = value
+    return labels
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _client(ctx: typer.Context) -> DatasetClient:
+    return ctx.obj.datasets()  # type: ignore[no-any-return]
+
+
+def _fmt(ctx: typer.Context, output: Format | None) -> Format:
+    return output or Format(ctx.obj.config.output)
+
+
+def _summary(v: pb.DatasetVersion) -> str:
+    from tunelab.cli.output import human_bytes, short_version, state_name
+
+    return f"{short_version(v.name)} is {state_name(v)}: {v.file_count} files, {human_bytes(v.size_bytes)}"
+
+
+def _result(fmt: Format, msg: Any, line: str) -> None:
+    """A command's result: ``line`` for people, the message itself for ``-o json|yaml``."""
+    from tunelab.cli.output import render
+
+    if fmt is Format.table:
+        typer.echo(line)
+    else:
+        render(msg, fmt)
+
+
+def _follow(client: DatasetClient, v: pb.DatasetVersion) -> pb.DatasetVersion:
+    from tunelab.cli.output import short_version
+    from tunelab.cli.progress import follow_version
+
+    return follow_version(client.watch(v.name), short_version(v.name))
+
+
+# -- commands ----------------------------------------------------------------------------------
+@app.command()
+def create(
+    ctx: typer.Context,
+    name: NameArg,
+    source: Annotated[str, typer.Option("--source", "-s", help=SOURCE_HELP)],
+    description: Annotated[str, typer.Option("--description", "-d", help="A line about the dataset.")] = "",
+    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE, repeatable.")] = None,
+    no_wait: NoWaitOpt = False,
+    s3_endpoint: Annotated[
+        str,
+        typer.Option(
+            help="s3 sources: host:port or URL of the S3 server (default AWS).",
+            envvar=["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+        ),
+    ] = "",
+    s3_access_key: Annotated[
+        str, typer.Option(help="s3 sources: access key.", envvar="AWS_ACCESS_KEY_ID")
+    ] = "",
+    s3_secret_key: Annotated[
+        str, typer.Option(help="s3 sources: secret key.", envvar="AWS_SECRET_ACCESS_KEY", show_default=False)
+    ] = "",
+    s3_region: Annotated[str, typer.Option(help="s3 sources: region.", envvar="AWS_REGION")] = "",
+    s3_insecure: Annotated[
+        bool, typer.Option("--s3-insecure", help="s3 sources: plain http to the endpoint.")
+    ] = False,
+    hf_token: Annotated[
+        str, typer.Option(help="hf sources: hub token.", envvar="HF_TOKEN", show_default=False)
+    ] = "",
+    hf_endpoint: Annotated[str, typer.Option(help="hf sources: hub URL.", envvar="HF_ENDPOINT")] = "",
+    output: OutputOpt = None,
+) -> None:
+    r"""Create a dataset from a source and show its first version's progress until READY.
+
+    The service fetches the source, hashes every file, uploads only content the store lacks and
+    marks the version READY after verifying it. A local directory is uploaded from here instead.
+
+    Examples:
+
+        tunelab dataset create advertisegen --source https://example.com/AdvertiseGen.tar.gz
+        tunelab dataset create chatglm3-code --source git+https://github.com/THUDM/ChatGLM3@main
+        tunelab dataset create mydata --source ./data --label team=nlp
+        tunelab dataset create output --source empty
+    """
+    from tunelab.cli.progress import transfer
+
+    src, upload_dir = parse_source(
+        source,
+        S3Options(s3_endpoint, s3_access_key, s3_secret_key, s3_region, s3_insecure),
+        hf_token,
+        hf_endpoint,
+    )
+    labels = parse_labels(label or [])
+    client = _client(ctx)
+    client.create(name, src, description, labels)
+    line = f"created dataset {name}"
+    if upload_dir is not None:
+        with transfer(f"uploading {upload_dir}") as progress:
+            line += f"; {_summary(client.push(name, upload_dir, progress))}"
+    elif src.WhichOneof("kind") != "empty":
+        versions = list(client.list_versions(name))
+        if versions and no_wait:
+            line += f"; follow it with `tunelab dataset watch {name}@{versions[-1].name.rsplit('/', 1)[-1]}`"
+        elif versions:
+            line += f"; {_summary(_follow(client, versions[-1]))}"
+    _result(_fmt(ctx, output), client.get(name), line)
+
+
+@app.command("ls")
+def list_datasets(ctx: typer.Context, output: OutputOpt = None) -> None:
+    """List datasets.
+
+    Example:
+
+        tunelab dataset ls -o json
+    """
+    from tunelab.cli.output import render
+
+    render(list(_client(ctx).list()), _fmt(ctx, output))
+
+
+@app.command()
+def get(ctx: typer.Context, ref: RefArg, output: OutputOpt = None) -> None:
+    """Show a dataset, or one of its versions.
+
+    Examples:
+
+        tunelab dataset get advertisegen -o yaml
+        tunelab dataset get advertisegen@2
+    """
+    from tunelab.cli.output import render
+
+    client = _client(ctx)
+    msg = client.get_version(ref) if "@" in ref or "/versions/" in ref else client.get(ref)
+    render(msg, _fmt(ctx, output))
+
+
+@app.command()
+def versions(ctx: typer.Context, name: NameArg, output: OutputOpt = None) -> None:
+    """List a dataset's versions with their state, size and progress.
+
+    Example:
+
+        tunelab dataset versions advertisegen
+    """
+    from tunelab.cli.output import render
+
+    render(list(_client(ctx).list_versions(name)), _fmt(ctx, output))
+
+
+@app.command()
+def watch(ctx: typer.Context, ref: RefArg, output: OutputOpt = None) -> None:
+    """Show a version's progress until it is READY (exit 0) or FAILED (exit 1).
+
+    Example:
+
+        tunelab dataset watch advertisegen@1
+    """
+    client = _client(ctx)
+    v = _follow(client, client.get_version(ref))
+    _result(_fmt(ctx, output), v, _summary(v))
+
+
+@app.command()
+def sync(ctx: typer.Context, name: NameArg, no_wait: NoWaitOpt = False, output: OutputOpt = None) -> None:
+    """Fetch a dataset's source again into a new version (unchanged files cost no upload).
+
+    Example:
+
+        tunelab dataset sync advertisegen
+    """
+    from tunelab.cli.output import short_version
+
+    client = _client(ctx)
+    v = client.sync(name)
+    if no_wait:
+        line = (
+            f"started {short_version(v.name)}; follow it with `tunelab dataset watch {short_version(v.name)}`"
+        )
+    else:
+        v = _follow(client, v)
+        line = _summary(v)
+    _result(_fmt(ctx, output), v, line)
+
+
+@app.command()
+def pull(
+    ctx: typer.Context,
+    ref: RefArg,
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Where to put the files: new, empty, or an earlier pull.")
+    ],
+) -> None:
+    """Download a version into a directory, verified by sha256 and cached locally.
+
+    DIR is replaced atomically; pulling the version it already holds does nothing.
+
+    Example:
+
+        tunelab dataset pull advertisegen@2 ./data/AdvertiseGen
+    """
+    from tunelab.cli.output import human_bytes, short_version
+    from tunelab.cli.progress import transfer
+
+    client = _client(ctx)
+    v = client.get_version(ref)
+    label = short_version(v.name)
+    with transfer(f"pulling {label}") as progress:
+        r = client.pull(v.name, directory, progress)
+    if r.unchanged:
+        typer.echo(f"{directory} already holds {label}")
+    else:
+        typer.echo(
+            f"pulled {label} into {directory}: {r.files} files, {human_bytes(r.bytes)} "
+            f"({human_bytes(r.bytes_fetched)} downloaded) in {r.seconds:.1f}s"
+        )
+
+
+@app.command()
+def push(
+    ctx: typer.Context,
+    name: NameArg,
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", exists=True, file_okay=False, help="The directory to upload.")
+    ],
+    output: OutputOpt = None,
+) -> None:
+    """Upload a local directory as a new version of an upload or empty dataset.
+
+    Only content the store lacks is sent.
+
+    Example:
+
+        tunelab dataset push mydata ./data
+    """
+    from tunelab.cli.progress import transfer
+
+    client = _client(ctx)
+    with transfer(f"uploading {directory}") as progress:
+        v = client.push(name, directory, progress)
+    _result(_fmt(ctx, output), v, _summary(v))
+
+
+@app.command()
+def files(ctx: typer.Context, ref: RefArg, output: OutputOpt = None) -> None:
+    """List the files of a version: path, size, sha256.
+
+    Example:
+
+        tunelab dataset files advertisegen@latest
+    """
+    from tunelab.cli.output import render
+
+    render(list(_client(ctx).list_files(ref)), _fmt(ctx, output))
+
+
+@app.command()
+def transform(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(metavar="SRC[@VERSION]", help="The version to read.")],
+    to: Annotated[
+        str, typer.Option("--to", help="Dataset to write a new version into (created if missing).")
+    ],
+    transform_name: Annotated[
+        str, typer.Option("--transform", help="The built-in transform.")
+    ] = "advertisegen-to-conversations",
+    output: OutputOpt = None,
+) -> None:
+    """Derive a new version from another with a built-in transform.
+
+    Example:
+
+        tunelab dataset transform advertisegen --to advertisegen-conv
+    """
+    v = _client(ctx).transform(source, transform_name, to)
+    _result(_fmt(ctx, output), v, _summary(v))
+
+
+@app.command("rm")
+def remove(
+    ctx: typer.Context,
+    ref: RefArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a dataset with all its versions, or one version. Blobs are freed by `gc`.
+
+    Examples:
+
+        tunelab dataset rm advertisegen@1
+        tunelab dataset rm advertisegen --yes
+    """
+    import sys
+
+    what = f"version {ref}" if "@" in ref else f"dataset {ref} and all its versions"
+    if not yes and sys.stdin.isatty():
+        typer.confirm(f"Delete {what}?", abort=True)
+    client = _client(ctx)
+    if "@" in ref:
+        client.delete_version(ref)
+    else:
+        client.delete(ref)
+    typer.echo(f"deleted {what}")
+
+
+@app.command()
+def gc(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be deleted.")] = False,
+    output: OutputOpt = None,
+) -> None:
+    """Delete stored file contents that no version references any more.
+
+    Example:
+
+        tunelab dataset gc --dry-run
+    """
+    from tunelab.cli.output import human_bytes
+
+    r = _client(ctx).gc(dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    line = f"{verb} {r.blobs_deleted} blobs ({human_bytes(r.bytes_deleted)}); {r.blobs_kept} kept"
+    _result(_fmt(ctx, output), r, line)

@@ -1,0 +1,274 @@
+"""``tunelab``: the command line. ``main()`` is the console-script entry.
+
+Commands import what they need inside their bodies, so ``tunelab --help`` stays fast. Errors are
+turned into messages in one place, :class:`TunelabGroup`: gRPC status → the server's message (or a
+hint for an unreachable service), typed local errors → their message; both exit 1. Usage errors
+exit 2 (typer).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from tunelab.cli.commands import datasets
+from tunelab.cli.output import Format
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True).print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    return typer.Exit(code)
+
+
+class TunelabGroup(TyperGroup):
+    """The root command; maps the errors commands raise to messages and exit codes."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            friendly = _friendly(exc, ctx.obj)
+            if friendly is None:
+                raise
+            raise friendly from None
+
+
+# What gRPC says when the client never reached a server (an UNAVAILABLE the server itself sends,
+# e.g. for an unreachable object store, carries the server's own message instead).
+_CONNECT_FAILURES = (
+    "failed to connect",
+    "connection refused",
+    "dns resolution",
+    "socket closed",
+    "connection reset",
+)
+
+
+def _friendly(exc: Exception, clients: Any) -> typer.Exit | None:
+    """The message and exit for an error a command raised; None: not ours to explain."""
+    grpc = sys.modules.get("grpc")
+    if grpc is not None and isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        service = getattr(clients, "last_service", "") or "the service"
+        address = clients.config.address(service) if service != "the service" else ""
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE and any(s in details.lower() for s in _CONNECT_FAILURES):
+            where = f"{service} at {address}" if address else service
+            return _fail(f"cannot reach {where} — is `tunelab up` running?")
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return _fail(f"{service} refused the token: {details} (set --token or TUNELAB_TOKEN)")
+        return _fail(details or f"{service} answered {code.name}")
+    from tunelab.common.errors import TunelabError
+
+    if isinstance(exc, TunelabError):
+        return _fail(exc.message)
+    return None
+
+
+app = typer.Typer(
+    name="tunelab",
+    cls=TunelabGroup,
+    help="tunelab: fine-tune LLMs on your own machines. Start the local stack with `tunelab up`.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(datasets.app, name="dataset")
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    datasets_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--datasets-addr",
+            help="host:port of the datasets service. Else TUNELAB_DATASETS_ADDR, the config file, "
+            "the stack `tunelab up` runs, localhost:50051.",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="Bearer token for the services. Else TUNELAB_TOKEN or the config file.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Global options come before the command: tunelab --datasets-addr host:50051 dataset ls
+
+    Settings come from flags, then TUNELAB_* variables, then ~/.config/tunelab/config.yaml
+    ($TUNELAB_CONFIG), e.g. `datasets_addr: host:50051`, `token: …`, `output: json`.
+    """
+    from tunelab.cli.config import Clients, load_config
+
+    ctx.obj = Clients(load_config({"datasets_addr": datasets_addr, "token": token}))
+    ctx.call_on_close(ctx.obj.close)
+
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="The stack's directory. Else TUNELAB_DATA_DIR, the config file, ~/.tunelab.",
+        show_default=False,
+    ),
+]
+
+
+def _data_dir(ctx: typer.Context, data_dir: Path | None) -> Path:
+    return (data_dir or ctx.obj.config.data_dir).expanduser().resolve()
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    data_dir: DataDirOpt = None,
+    store_url: Annotated[
+        str,
+        typer.Option(help="file:///dir or s3://bucket (default: DATA_DIR/store). Else TUNELAB_STORE_URL."),
+    ] = "",
+    s3_endpoint: Annotated[
+        str, typer.Option(help="host:port of S3/MinIO for an s3:// store. Else TUNELAB_S3_ENDPOINT.")
+    ] = "",
+    s3_access_key: Annotated[str, typer.Option(help="Else TUNELAB_S3_ACCESS_KEY.")] = "",
+    s3_secret_key: Annotated[str, typer.Option(help="Else TUNELAB_S3_SECRET_KEY.", show_default=False)] = "",
+    s3_insecure: Annotated[
+        bool, typer.Option("--s3-insecure", help="Plain http to the S3 endpoint.")
+    ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Token the services require (default: the global --token / TUNELAB_TOKEN; empty: no auth).",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address the services listen on.", envvar="TUNELAB_HOST")
+    ] = "127.0.0.1",
+    port_base: Annotated[
+        int | None,
+        typer.Option(
+            help="gRPC ports: datasets BASE, environments BASE+1, trainer +2, gateway +3 (default 50051…).",
+            envvar="TUNELAB_PORT_BASE",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_port_base: Annotated[
+        int | None,
+        typer.Option(
+            help="Metrics ports likewise (default 9101…); 0 turns /metrics off.",
+            envvar="TUNELAB_METRICS_PORT_BASE",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for each service to report SERVING.")
+    ] = 60.0,
+    foreground: Annotated[
+        bool,
+        typer.Option("--foreground", help="Stay attached, logs to this terminal; Ctrl-C stops the stack."),
+    ] = False,
+) -> None:
+    """Start the embedded stack: every service as a local process, with a local object store.
+
+    Already running services are left alone. Logs go to DATA_DIR/logs/SERVICE.log, pids to
+    DATA_DIR/run/. One service's port can be moved with TUNELAB_SERVICE_PORT (e.g.
+    TUNELAB_DATASETS_PORT=6000); variables such as TUNELAB_ALLOW_PRIVATE_ADDRESSES pass through.
+
+    Examples:
+
+        tunelab up
+        tunelab up --data-dir /srv/tunelab --port-base 60051 --foreground
+    """
+    from tunelab.cli import stack
+
+    opts = stack.StackOptions(
+        data_dir=_data_dir(ctx, data_dir),
+        token=ctx.obj.config.token if token is None else token,
+        host=host,
+        store_url=store_url,
+        s3_endpoint=s3_endpoint,
+        s3_access_key=s3_access_key,
+        s3_secret_key=s3_secret_key,
+        s3_secure=False if s3_insecure else None,
+        port_base=port_base,
+        metrics_port_base=metrics_port_base,
+        start_timeout_s=timeout,
+    )
+    opts.data_dir.mkdir(parents=True, exist_ok=True)
+    if foreground:
+        raise typer.Exit(stack.run_foreground(opts, typer.echo))
+    stack.up(opts, typer.echo)
+
+
+@app.command()
+def down(
+    ctx: typer.Context,
+    data_dir: DataDirOpt = None,
+    grace: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")] = 20.0,
+) -> None:
+    """Stop the embedded stack started from the data dir.
+
+    Example:
+
+        tunelab down --data-dir /srv/tunelab
+    """
+    from tunelab.cli import stack
+
+    stack.down(_data_dir(ctx, data_dir), typer.echo, grace_s=grace)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    data_dir: DataDirOpt = None,
+    output: Annotated[Format, typer.Option("--output", "-o", help="table, json or yaml.")] = Format.table,
+) -> None:
+    """Show each service of the embedded stack: state, pid, address, gRPC health, log file.
+
+    Exits 0 when every service is running and SERVING, 3 otherwise.
+
+    Example:
+
+        tunelab status -o json
+    """
+    from dataclasses import asdict
+
+    from tunelab.cli import stack
+    from tunelab.cli.output import render_rows
+
+    rows = stack.status(_data_dir(ctx, data_dir), ctx.obj.config.token)
+    render_rows([asdict(r) for r in rows], output)
+    if not all(r.state == "running" and r.health == "SERVING" for r in rows):
+        raise typer.Exit(3)
+
+
+@app.command()
+def version() -> None:
+    """Print the version of the tunelab command line.
+
+    Example:
+
+        tunelab version
+    """
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        typer.echo(f"tunelab {dist_version('tunelab-cli')}")
+    except PackageNotFoundError:
+        typer.echo("tunelab (not installed as a distribution)")
+
+
+def main() -> None:
+    app(prog_name="tunelab")

@@ -1,0 +1,434 @@
+"""The embedded stack: every service as a local process (``tunelab up``, ``down``, ``status``).
+
+Each service runs as ``python -m tunelab.<service>``, configured by ``TUNELAB_*`` variables. Under
+the data dir (default ``~/.tunelab``):
+
+    logs/<service>.log    the service's output (appended across starts)
+    run/<service>.pid     its process id
+    run/<service>.json    how it was started: pid, module, address, metrics port, log
+    datasets/ store/ ...  the services' own state
+
+Ports: the defaults of ``tunelab.common.settings``; ``port_base`` moves them all (datasets at
+base+0, environments +1, trainer +2, gateway +3); ``TUNELAB_<SERVICE>_PORT`` moves one. Metrics
+ports likewise (``metrics_port_base``, ``TUNELAB_<SERVICE>_METRICS_PORT``; 0 turns /metrics off).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tunelab.common.errors import TunelabError
+from tunelab.common.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the stack. It must run as ``python -m tunelab.<name>``, read ``TUNELAB_PORT``,
+    ``TUNELAB_METRICS_PORT``, ``TUNELAB_DATA_DIR`` and ``TUNELAB_HOST``, and serve gRPC health."""
+
+    name: str
+
+    @property
+    def module(self) -> str:
+        return f"tunelab.{self.name}"
+
+
+# The stack, in start order (`down` stops it in reverse). Adding a service is one line here.
+SERVICES: tuple[ServiceSpec, ...] = (ServiceSpec("datasets"),)
+
+
+class StackError(TunelabError):
+    """The stack cannot be started or stopped as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    data_dir: Path
+    token: str = ""
+    host: str = "127.0.0.1"
+    store_url: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_secure: bool | None = None
+    port_base: int | None = None
+    metrics_port_base: int | None = None
+    start_timeout_s: float = 60.0
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def port(self, spec: ServiceSpec) -> int:
+        return self._port(spec, "PORT", self.port_base, DEFAULT_PORTS)
+
+    def metrics_port(self, spec: ServiceSpec) -> int:
+        if self.metrics_port_base == 0:
+            return 0
+        return self._port(spec, "METRICS_PORT", self.metrics_port_base, DEFAULT_METRICS_PORTS)
+
+    def _port(self, spec: ServiceSpec, what: str, base: int | None, defaults: dict[str, int]) -> int:
+        var = f"TUNELAB_{spec.name.upper()}_{what}"
+        if self.env.get(var):
+            try:
+                return int(self.env[var])
+            except ValueError:
+                raise StackError(f"{var}={self.env[var]!r} is not a port number") from None
+        if base is not None:
+            return base + defaults[spec.name] - defaults[SERVICES[0].name]
+        return defaults[spec.name]
+
+    def address(self, spec: ServiceSpec) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"{host}:{self.port(spec)}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What ``run/<service>.json`` says about a started service."""
+
+    service: str
+    pid: int
+    module: str
+    address: str
+    metrics_port: int
+    log: str
+    started: float
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service: str
+    state: str  # running | stopped | exited
+    pid: int | None
+    address: str
+    health: str
+    log: str
+
+
+# -- run files -------------------------------------------------------------------------------
+def _run_dir(data_dir: Path) -> Path:
+    return data_dir / "run"
+
+
+def read_record(data_dir: Path, service: str) -> RunRecord | None:
+    pid_file = _run_dir(data_dir) / f"{service}.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        info = json.loads((_run_dir(data_dir) / f"{service}.json").read_text())
+        return RunRecord(**{**info, "pid": pid})
+    except (OSError, ValueError, TypeError):
+        return RunRecord(service, pid, f"tunelab.{service}", "", 0, "", 0.0)
+
+
+def running_record(data_dir: Path, service: str) -> RunRecord | None:
+    """The service's record when its process is alive, else None."""
+    rec = read_record(data_dir, service)
+    return rec if rec and process_alive(rec.pid, rec.module) else None
+
+
+def _write_record(data_dir: Path, rec: RunRecord) -> None:
+    run = _run_dir(data_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / f"{rec.service}.json").write_text(json.dumps(asdict(rec), indent=2) + "\n")
+    (run / f"{rec.service}.pid").write_text(f"{rec.pid}\n")
+
+
+def _clear_record(data_dir: Path, service: str) -> None:
+    for suffix in (".pid", ".json"):
+        (_run_dir(data_dir) / f"{service}{suffix}").unlink(missing_ok=True)
+
+
+def _all_records(data_dir: Path) -> list[RunRecord]:
+    """Every recorded service, in stop order: the reverse of start order, unknown ones first."""
+    order = {spec.name: i for i, spec in enumerate(SERVICES)}
+    names = sorted(
+        (p.stem for p in _run_dir(data_dir).glob("*.pid")), key=lambda n: -order.get(n, len(order))
+    )
+    return [rec for name in names if (rec := read_record(data_dir, name))]
+
+
+# -- processes ---------------------------------------------------------------------------------
+def process_alive(pid: int, module: str) -> bool:
+    """True when ``pid`` runs and (where /proc tells) is ``python -m <module>``, not a reused pid."""
+    try:  # reap it if it is our own exited child (tests, --foreground)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process reusing the pid
+    if not Path("/proc/self").is_dir():
+        return True  # no procfs (macOS): trust the pid
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and module.encode() in cmdline
+
+
+def _wait_gone(pid: int, module: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while process_alive(pid, module):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def port_in_use(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise StackError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return False
+
+
+def check_health(address: str, token: str = "", timeout_s: float = 2.0) -> str:
+    """The overall gRPC health of ``address``: SERVING, NOT_SERVING, ... or UNREACHABLE."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tunelab.common.grpc.channel import open_channel
+
+    with open_channel(address, token) as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            return (
+                "UNREACHABLE"
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                else code.name
+            )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+def log_tail(path: str, lines: int = 12) -> str:
+    """The last lines of a service log, JSON log lines shortened to ``level: message``."""
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    out = []
+    for line in text:
+        try:
+            entry = json.loads(line)
+            out.append(f"  {entry.get('level', '')}: {entry.get('message', '')}")
+        except (ValueError, AttributeError):
+            out.append(f"  {line}")
+    return "\n".join(out)
+
+
+# -- up, down, status ------------------------------------------------------------------------
+def up(opts: StackOptions, echo: Echo) -> list[RunRecord]:
+    """Starts every service not already running; returns when all report SERVING."""
+    records = []
+    for spec in SERVICES:
+        rec = running_record(opts.data_dir, spec.name)
+        if rec:
+            echo(f"{spec.name} is already running (pid {rec.pid}, {rec.address})")
+        else:
+            proc, rec = _start(opts, spec, echo, foreground=False)
+            with warnings.catch_warnings():  # it outlives us on purpose; its pid file tracks it
+                warnings.simplefilter("ignore", ResourceWarning)
+                del proc
+        records.append(rec)
+    return records
+
+
+def run_foreground(opts: StackOptions, echo: Echo) -> int:
+    """Starts the stack attached to this terminal and stops it on Ctrl-C, SIGTERM or when a
+    service exits. Returns the exit code (1 when a service died)."""
+    for spec in SERVICES:
+        if rec := running_record(opts.data_dir, spec.name):
+            raise StackError(
+                f"{spec.name} is already running in the background (pid {rec.pid}); "
+                f"stop it with `tunelab down --data-dir {opts.data_dir}` first"
+            )
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    code = 0
+    try:
+        procs = {spec.name: _start(opts, spec, echo, foreground=True)[0] for spec in SERVICES}
+        echo("the stack is up; Ctrl-C stops it")
+        while not stop.is_set():
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    echo(f"{name} exited with status {proc.returncode}; stopping the stack")
+                    code = 1
+                    stop.set()
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        down(opts.data_dir, echo)
+    return code
+
+
+def _start(
+    opts: StackOptions, spec: ServiceSpec, echo: Echo, *, foreground: bool
+) -> tuple[subprocess.Popen[bytes], RunRecord]:
+    if importlib.util.find_spec(spec.module) is None:
+        raise StackError(f"{spec.module} is not installed in {sys.executable}: install tunelab-{spec.name}")
+    _clear_record(opts.data_dir, spec.name)  # a stale record from a crashed run
+    port, metrics_port = opts.port(spec), opts.metrics_port(spec)
+    _check_free(opts.host or "127.0.0.1", port, spec, "gRPC", f"TUNELAB_{spec.name.upper()}_PORT")
+    if metrics_port:
+        _check_free("0.0.0.0", metrics_port, spec, "metrics", f"TUNELAB_{spec.name.upper()}_METRICS_PORT")
+
+    log = opts.data_dir / "logs" / f"{spec.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        if not foreground:
+            out.write(f"--- tunelab up: {spec.module} at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+            out.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", spec.module],
+            env=_service_env(opts, spec, port, metrics_port),
+            cwd=opts.data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=None if foreground else out,
+            stderr=None if foreground else subprocess.STDOUT,
+            start_new_session=not foreground,  # background services outlive this shell's Ctrl-C
+        )
+    rec = RunRecord(spec.name, proc.pid, spec.module, opts.address(spec), metrics_port, str(log), time.time())
+    _write_record(opts.data_dir, rec)
+    try:
+        _wait_serving(proc, rec, opts.token, opts.start_timeout_s, foreground)
+    except BaseException:
+        _signal(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _clear_record(opts.data_dir, spec.name)
+        raise
+    echo(f"{spec.name} is up: pid {proc.pid}, {rec.address}" + ("" if foreground else f", log {log}"))
+    return proc, rec
+
+
+def _check_free(host: str, port: int, spec: ServiceSpec, what: str, var: str) -> None:
+    if port_in_use(host, port):
+        raise StackError(
+            f"cannot start {spec.name}: its {what} port {port} on {host} is already in use by another "
+            f"process. Stop that process, or choose other ports with `tunelab up --port-base N` "
+            f"(or {var}=N)."
+        )
+
+
+def _service_env(opts: StackOptions, spec: ServiceSpec, port: int, metrics_port: int) -> dict[str, str]:
+    # Inherit the caller's environment (PATH, proxies, and TUNELAB_* settings such as
+    # TUNELAB_ALLOW_PRIVATE_ADDRESSES or TUNELAB_LOG_LEVEL pass through), then set the stack's own.
+    env = dict(opts.env)
+    env.update(
+        TUNELAB_DATA_DIR=str(opts.data_dir),
+        TUNELAB_HOST=opts.host,
+        TUNELAB_PORT=str(port),
+        TUNELAB_METRICS_PORT=str(metrics_port),
+        PYTHONUNBUFFERED="1",
+    )
+    # Every service learns where the others are (the same variables the CLI reads).
+    env.update({f"TUNELAB_{other.name.upper()}_ADDR": opts.address(other) for other in SERVICES})
+    optional = {
+        "TUNELAB_AUTH_TOKEN": opts.token,
+        "TUNELAB_STORE_URL": opts.store_url,
+        "TUNELAB_S3_ENDPOINT": opts.s3_endpoint,
+        "TUNELAB_S3_ACCESS_KEY": opts.s3_access_key,
+        "TUNELAB_S3_SECRET_KEY": opts.s3_secret_key,
+    }
+    env.update({k: v for k, v in optional.items() if v})
+    if opts.s3_secure is not None:
+        env["TUNELAB_S3_SECURE"] = "true" if opts.s3_secure else "false"
+    return env
+
+
+def _wait_serving(
+    proc: subprocess.Popen[bytes], rec: RunRecord, token: str, timeout_s: float, foreground: bool
+) -> None:
+    where = "the output above" if foreground else rec.log
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = proc.poll()
+        if code is not None:
+            tail = "" if foreground else f"; its last log lines:\n{log_tail(rec.log)}"
+            raise StackError(f"{rec.service} exited with status {code} while starting (see {where}){tail}")
+        if check_health(rec.address, token, timeout_s=1.0) == "SERVING":
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"{rec.service} did not report SERVING within {timeout_s:.0f}s; see {where}")
+        time.sleep(0.1)
+
+
+def down(data_dir: Path, echo: Echo, grace_s: float = 20.0) -> int:
+    """Stops every service started from ``data_dir``: SIGTERM, then SIGKILL after ``grace_s``.
+    Returns how many were running."""
+    records = _all_records(data_dir)
+    stopped = 0
+    for rec in records:
+        if not process_alive(rec.pid, rec.module):
+            echo(f"{rec.service} was not running (removed its stale pid file)")
+            _clear_record(data_dir, rec.service)
+            continue
+        _signal(rec.pid, signal.SIGTERM)
+        if not _wait_gone(rec.pid, rec.module, grace_s):
+            echo(f"{rec.service} did not stop within {grace_s:.0f}s of SIGTERM; killing it")
+            _signal(rec.pid, signal.SIGKILL)
+            _wait_gone(rec.pid, rec.module, 5.0)
+        _clear_record(data_dir, rec.service)
+        echo(f"stopped {rec.service} (pid {rec.pid})")
+        stopped += 1
+    if not records:
+        echo(f"nothing is running from {data_dir}")
+    return stopped
+
+
+def status(data_dir: Path, token: str = "") -> list[ServiceStatus]:
+    """Each service of the stack (and any other recorded one): state, pid, address, health."""
+    names = [spec.name for spec in SERVICES]
+    names += [rec.service for rec in _all_records(data_dir) if rec.service not in names]
+    result = []
+    for name in names:
+        rec = read_record(data_dir, name)
+        log = str(data_dir / "logs" / f"{name}.log")
+        if rec is None:
+            result.append(ServiceStatus(name, "stopped", None, "", "-", log))
+        elif not process_alive(rec.pid, rec.module):
+            result.append(ServiceStatus(name, "exited", rec.pid, rec.address, "-", rec.log or log))
+        else:
+            health = check_health(rec.address, token) if rec.address else "UNKNOWN"
+            result.append(ServiceStatus(name, "running", rec.pid, rec.address, health, rec.log or log))
+    return result
