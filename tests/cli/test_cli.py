@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from conftest import free_port
-from tunelab.cli.commands.datasets import S3Options, parse_source, split_ref
+from tunelab.cli.commands.sources import S3Options, parse_source, split_ref
 from tunelab.cli.config import load_config
 from tunelab.cli.main import app
 
