@@ -106,7 +106,7 @@ def test_s3_server_going_away_mid_prewarm_fails_with_the_cause(tmp_path: Path) -
         s3.stop()
         return {"url": spec.url}
 
-    store._fetch = fetch_then_lose_store
+    store.syncs.fetch = fetch_then_lose_store
     started = time.monotonic()
     store.create_dataset("gone", HttpSpec(url="http://example.invalid/a.bin"))
     store.wait_idle(120)

@@ -87,6 +87,11 @@ blobs_t = Table(
     Column("verified", Boolean, nullable=False, default=True),
 )
 
+
+class VersionDeleted(NotFound):
+    """The version was deleted while work on it was under way."""
+
+
 STATES = ("PENDING", "FETCHING", "UPLOADING", "VERIFYING", "READY", "FAILED")
 TERMINAL = ("READY", "FAILED")
 
@@ -294,7 +299,7 @@ class Registry:
                 .values(**values, revision=versions_t.c.revision + 1)
             ).rowcount
         if not n:
-            raise NotFound(f"{rec.name} was deleted")
+            raise VersionDeleted(f"{rec.name} was deleted")
         self._notify()
         return new
 

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.common.errors import FailedPrecondition, InvalidArgument, NotFound, TunelabError
+from tunelab.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from tunelab.common.names import check_id
 from tunelab.common.storage.blobs import BlobCache, BlobStore, StoreSource
 from tunelab.common.storage.hashing import HashCache
 from tunelab.common.storage.manifest import FileEntry, Manifest
 from tunelab.common.storage.materialize import materialize
+from tunelab.datasets.gc import collect_garbage
 from tunelab.datasets.prewarm import Prewarmer, PrewarmProgress
 from tunelab.datasets.registry import DatasetRecord, Registry, VersionRecord
 from tunelab.datasets.sources.spec import (
@@ -29,6 +28,7 @@ from tunelab.datasets.sources.spec import (
     spec_from_dict,
     spec_to_dict,
 )
+from tunelab.datasets.syncing import SyncRunner, record_failure
 from tunelab.datasets.transforms import TRANSFORMS
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,11 @@ class DatasetStore:
         self.blobs = blobs
         self.work_dir = work_dir
         self.policy = policy
-        self._fetch = fetch
         self.gc_grace_s = gc_grace_s
         self.hash_cache = HashCache(work_dir / "hashes.sqlite")
         self.prewarmer = Prewarmer(blobs, registry, self.hash_cache, workers=transfer_workers)
         self.cache = BlobCache(work_dir / "blob-cache")
-        self._pool = ThreadPoolExecutor(sync_workers, thread_name_prefix="sync")
-        self._running: dict[tuple[str, int], Future[None]] = {}
+        self.syncs = SyncRunner(registry, work_dir, policy, self._prewarm, fetch=fetch, workers=sync_workers)
 
     # -- datasets ---------------------------------------------------------------------------
     def create_dataset(
@@ -132,90 +130,12 @@ class DatasetStore:
                 "`tunelab dataset push` (upload) or job outputs, not from sync"
             )
         version = self.registry.new_version(dataset_id, "PENDING")
-        self._submit(version)
+        self.syncs.submit(version)
         return version
-
-    def _submit(self, version: VersionRecord) -> None:
-        key = (version.dataset_id, version.number)
-        self._running[key] = self._pool.submit(self._run_sync, version)
 
     def resume_unfinished(self) -> int:
         """Restarts syncs a crash or restart interrupted; their staging and hashes are reused."""
-        resumed = 0
-        for version in self.registry.unfinished_versions():
-            spec = spec_from_dict(self.registry.get_dataset(version.dataset_id).source)
-            if spec.kind in FETCHED:
-                log.info("resuming interrupted sync", extra={"version": version.name})
-                self._submit(version)
-                resumed += 1
-        return resumed
-
-    def _staging(self, version: VersionRecord) -> Path:
-        return self.work_dir / "staging" / version.dataset_id / str(version.number)
-
-    def _run_sync(self, version: VersionRecord) -> None:
-        staging = self._staging(version)
-        fetched_marker = staging.with_name(f"{version.number}.fetched.json")
-        try:
-            spec = spec_from_dict(self.registry.get_dataset(version.dataset_id).source)
-            if fetched_marker.exists():
-                provenance = json.loads(fetched_marker.read_text())
-            else:
-                version = self.registry.update_version(
-                    version, state="FETCHING", progress={"phase": "fetching"}
-                )
-                shutil.rmtree(staging, ignore_errors=True)
-                staging.mkdir(parents=True)
-                provenance = self._fetch_into(spec, staging, version)
-                fetched_marker.write_text(json.dumps(provenance))
-            version = self.registry.update_version(version, state="UPLOADING", provenance=provenance)
-            version = self._prewarm(version, staging, provenance)
-            shutil.rmtree(staging, ignore_errors=True)
-            fetched_marker.unlink(missing_ok=True)
-        except NotFound as exc:
-            if "was deleted" in exc.message:
-                shutil.rmtree(staging, ignore_errors=True)
-                return
-            self._fail(version, exc)
-        except Exception as exc:  # noqa: BLE001 - a failed sync is recorded, never raised into the pool
-            self._fail(version, exc)
-        finally:
-            self._running.pop((version.dataset_id, version.number), None)
-
-    def _fail(self, version: VersionRecord, exc: Exception) -> None:
-        reason = exc.message if isinstance(exc, TunelabError) else f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, TunelabError):
-            log.error("sync failed", extra={"version": version.name}, exc_info=exc)
-        try:
-            current = self.registry.get_version(version.dataset_id, version.number)
-            self.registry.update_version(current, state="FAILED", error=reason)
-        except NotFound:
-            pass
-
-    def _fetch_into(self, spec: SourceSpec, staging: Path, version: VersionRecord) -> dict[str, str]:
-        if self._fetch is None:
-            from tunelab.datasets.sources.fetch import fetch_source
-
-            self._fetch = fetch_source
-        last = [0.0]
-
-        def progress(message: str, done: int, total: int) -> None:
-            now = time.monotonic()
-            if now - last[0] < 0.5:
-                return
-            last[0] = now
-            current = self.registry.get_version(version.dataset_id, version.number)
-            self.registry.update_version(
-                current,
-                progress={
-                    "phase": "fetching",
-                    "current_file": message,
-                    "bytes_done": done,
-                    "bytes_total": total,
-                },
-            )
-
-        return dict(self._fetch(spec, staging, self.policy, progress))
+        return self.syncs.resume_unfinished()
 
     def _prewarm(self, version: VersionRecord, root: Path, provenance: dict[str, str]) -> VersionRecord:
         """Hashes and uploads ``root`` into ``version``, then writes the manifest and verifies."""
@@ -259,9 +179,7 @@ class DatasetStore:
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Waits for running syncs (tests and shutdown)."""
-        deadline = time.monotonic() + timeout
-        for future in list(self._running.values()):
-            future.result(timeout=max(0.0, deadline - time.monotonic()))
+        self.syncs.wait_idle(timeout)
 
     def get_version(self, name: str) -> VersionRecord:
         dataset_id, number = parse_version_name(name)
@@ -384,37 +302,15 @@ class DatasetStore:
                 fn(src, out)
                 return self._prewarm(version, out, {"from": source_version.name, "transform": transform})
         except Exception as exc:
-            self._fail(version, exc)
+            record_failure(self.registry, version, exc)
             raise
 
     def garbage_collect(self, dry_run: bool) -> tuple[int, int, int]:
         """Deletes blobs no manifest (dataset or environment) or in-flight upload references."""
-        referenced: set[str] = set()
-        for prefix in ("datasets/", "environments/"):
-            for info in self.blobs.store.list(prefix):
-                if info.key.endswith("manifest.json"):
-                    referenced.update(
-                        Manifest.from_json(self.blobs.store.get_bytes(info.key), info.key).unique_blobs()
-                    )
-        for text in self.registry.pending_upload_manifests():
-            referenced.update(Manifest.from_json(text.encode()).unique_blobs())
-        cutoff = time.time() - self.gc_grace_s
-        deleted = kept = freed = 0
-        gone: list[str] = []
-        for sha, size, modified in list(self.blobs.list()):
-            if sha in referenced or modified > cutoff:
-                kept += 1
-                continue
-            if not dry_run:
-                self.blobs.delete(sha)
-                gone.append(sha)
-            deleted += 1
-            freed += size
-        self.registry.forget_blobs(gone)
-        return deleted, freed, kept
+        return collect_garbage(self.blobs, self.registry, self.gc_grace_s, dry_run)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.syncs.close()
         self.hash_cache.close()
 
 

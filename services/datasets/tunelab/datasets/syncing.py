@@ -1,0 +1,125 @@
+"""SyncRunner: fetches a dataset's source into staging and prewarms it, on a small pool.
+
+Everything a sync needs to resume after a crash lives on disk: the staging directory, a marker
+written once the fetch completed, the hash cache and the blob index. ``resume_unfinished`` restarts
+the syncs a previous process left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tunelab.common.errors import NotFound, TunelabError
+from tunelab.datasets.registry import Registry, VersionDeleted, VersionRecord
+from tunelab.datasets.sources.spec import FETCHED, FetchPolicy, SourceSpec, spec_from_dict
+
+log = logging.getLogger(__name__)
+
+Prewarm = Callable[[VersionRecord, Path, dict[str, str]], VersionRecord]
+Fetch = Callable[..., dict[str, str]]
+
+
+def record_failure(registry: Registry, version: VersionRecord, exc: Exception) -> None:
+    """Marks ``version`` FAILED with a reason a person can act on."""
+    reason = exc.message if isinstance(exc, TunelabError) else f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, TunelabError):
+        log.error("dataset version failed", extra={"version": version.name}, exc_info=exc)
+    try:
+        current = registry.get_version(version.dataset_id, version.number)
+        registry.update_version(current, state="FAILED", error=reason)
+    except NotFound:
+        pass
+
+
+class SyncRunner:
+    def __init__(
+        self,
+        registry: Registry,
+        work_dir: Path,
+        policy: FetchPolicy,
+        prewarm: Prewarm,
+        *,
+        fetch: Fetch | None = None,
+        workers: int = 2,
+    ) -> None:
+        self.registry = registry
+        self.work_dir = work_dir
+        self.policy = policy
+        self.prewarm = prewarm
+        self.fetch = fetch
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sync")
+        self._running: dict[tuple[str, int], Future[None]] = {}
+
+    def submit(self, version: VersionRecord) -> None:
+        self._running[(version.dataset_id, version.number)] = self._pool.submit(self._run, version)
+
+    def resume_unfinished(self) -> int:
+        resumed = 0
+        for version in self.registry.unfinished_versions():
+            spec = spec_from_dict(self.registry.get_dataset(version.dataset_id).source)
+            if spec.kind in FETCHED:
+                log.info("resuming interrupted sync", extra={"version": version.name})
+                self.submit(version)
+                resumed += 1
+        return resumed
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for future in list(self._running.values()):
+            future.result(timeout=max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, version: VersionRecord) -> None:
+        staging = self.work_dir / "staging" / version.dataset_id / str(version.number)
+        fetched_marker = staging.with_name(f"{version.number}.fetched.json")
+        try:
+            spec = spec_from_dict(self.registry.get_dataset(version.dataset_id).source)
+            if fetched_marker.exists():
+                provenance = json.loads(fetched_marker.read_text())
+            else:
+                version = self.registry.update_version(
+                    version, state="FETCHING", progress={"phase": "fetching"}
+                )
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+                provenance = self._fetch_into(spec, staging, version)
+                fetched_marker.write_text(json.dumps(provenance))
+            version = self.registry.update_version(version, state="UPLOADING", provenance=provenance)
+            self.prewarm(version, staging, provenance)
+            shutil.rmtree(staging, ignore_errors=True)
+            fetched_marker.unlink(missing_ok=True)
+        except VersionDeleted:
+            shutil.rmtree(staging, ignore_errors=True)
+            fetched_marker.unlink(missing_ok=True)
+        except Exception as exc:  # noqa: BLE001 - a failed sync is recorded, never raised into the pool
+            record_failure(self.registry, version, exc)
+        finally:
+            self._running.pop((version.dataset_id, version.number), None)
+
+    def _fetch_into(self, spec: SourceSpec, staging: Path, version: VersionRecord) -> dict[str, str]:
+        if self.fetch is None:
+            from tunelab.datasets.sources.fetch import fetch_source
+
+            self.fetch = fetch_source
+        last = [0.0]
+
+        def progress(message: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] < 0.5:
+                return
+            last[0] = now
+            current = self.registry.get_version(version.dataset_id, version.number)
+            fields: dict[str, Any] = {"phase": "fetching", "current_file": message}
+            fields.update(bytes_done=done, bytes_total=total)
+            self.registry.update_version(current, progress=fields)
+
+        return dict(self.fetch(spec, staging, self.policy, progress))
