@@ -29,6 +29,9 @@ def build_store(settings: DatasetSettings) -> DatasetStore:
         max_archive_bytes=settings.max_archive_bytes,
         max_archive_ratio=settings.max_archive_ratio,
         max_archive_files=settings.max_archive_files,
+        allowed_networks=settings.allowed_networks,
+        retry_backoff_s=settings.retry_backoff_s,
+        git_timeout_s=settings.git_timeout_s,
     )
     return DatasetStore(
         Registry(engine),

@@ -19,7 +19,12 @@ class DatasetSettings(ServiceSettings):
     max_archive_bytes: int = Field(default=200 * 1024**3, description="Largest unpacked archive.")
     max_archive_ratio: float = Field(default=200.0, description="Largest unpacked/packed size ratio.")
     max_archive_files: int = 1_000_000
+    allowed_networks: tuple[str, ...] = Field(
+        default=(), description="CIDRs sources may use even while the SSRF guard is on, e.g. 10.0.0.0/8."
+    )
     fetch_attempts: int = Field(default=4, ge=1)
+    retry_backoff_s: float = Field(default=0.5, description="First pause between fetch attempts.")
+    git_timeout_s: float = Field(default=3600.0, description="Limit for each git command.")
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     gc_grace_s: float = Field(default=3600.0, description="Blobs younger than this are never collected.")

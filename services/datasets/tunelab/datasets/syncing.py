@@ -89,7 +89,7 @@ class SyncRunner:
                 version = self.registry.update_version(
                     version, state="FETCHING", progress={"phase": "fetching"}
                 )
-                shutil.rmtree(staging, ignore_errors=True)
+                self._clear(staging)
                 staging.mkdir(parents=True)
                 provenance = self._fetch_into(spec, staging, version)
                 fetched_marker.write_text(json.dumps(provenance))
@@ -98,12 +98,19 @@ class SyncRunner:
             shutil.rmtree(staging, ignore_errors=True)
             fetched_marker.unlink(missing_ok=True)
         except VersionDeleted:
-            shutil.rmtree(staging, ignore_errors=True)
+            self._clear(staging)
             fetched_marker.unlink(missing_ok=True)
         except Exception as exc:  # noqa: BLE001 - a failed sync is recorded, never raised into the pool
             record_failure(self.registry, version, exc)
         finally:
             self._running.pop((version.dataset_id, version.number), None)
+
+    @staticmethod
+    def _clear(staging: Path) -> None:
+        """Removes a staging directory and the download folders a killed fetch left beside it."""
+        shutil.rmtree(staging, ignore_errors=True)
+        for leftover in staging.parent.glob(f".{staging.name}.download-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def _fetch_into(self, spec: SourceSpec, staging: Path, version: VersionRecord) -> dict[str, str]:
         if self.fetch is None:

@@ -77,9 +77,7 @@ def _sniff(path: Path) -> str | None:
         return None
 
 
-def extract(
-    path: Path, kind: str, dest: Path, policy: FetchPolicy, progress: Progress, *, label: str
-) -> int:
+def extract(path: Path, kind: str, dest: Path, policy: FetchPolicy, progress: Progress, *, label: str) -> int:
     """Unpacks the archive at ``path`` into ``dest``; returns the number of entries."""
     writer = _Writer(dest, policy, label, path.stat().st_size, progress)
     with _damaged_as_invalid(label):
@@ -111,8 +109,10 @@ def _extract_zip(path: Path, writer: _Writer) -> None:
             name = writer.entry_name(info.filename)
             mode = info.external_attr >> 16
             if info.flag_bits & 0x1:
-                raise writer.refuse(info.filename, "it is encrypted (password-protected archives are not supported)")
-            if name is None or info.is_dir():
+                raise writer.refuse(
+                    info.filename, "it is encrypted (password-protected archives are not supported)"
+                )
+            if name is None or info.is_dir() or stat.S_ISDIR(mode):
                 writer.add_dir(name)
             elif stat.S_ISLNK(mode):
                 if info.file_size > MAX_LINK_TARGET:
@@ -152,7 +152,9 @@ def _extract_tar(path: Path, writer: _Writer) -> None:
 class _Writer:
     """Writes entries under ``dest``, enforcing the names, links and limits."""
 
-    def __init__(self, dest: Path, policy: FetchPolicy, label: str, compressed: int, progress: Progress) -> None:
+    def __init__(
+        self, dest: Path, policy: FetchPolicy, label: str, compressed: int, progress: Progress
+    ) -> None:
         self.root = dest.resolve()
         self.policy = policy
         self.label = label
@@ -249,7 +251,8 @@ class _Writer:
 
     def add_file(self, name: str, src: IO[bytes], mode: int, *, declared: int) -> None:
         target = self._target(name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        target.unlink(missing_ok=True)  # a later entry replaces an earlier one, never writes into its inode
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         fd = os.open(target, flags, 0o755 if mode & 0o100 else 0o644)
         count = 0
         with os.fdopen(fd, "wb") as out:
@@ -267,7 +270,9 @@ class _Writer:
         try:
             target = safe_relpath(target_raw)
         except UnsafePath as exc:
-            raise self.refuse(name, f"it is a hard link whose target {target_raw!r} is unsafe: {exc}") from None
+            raise self.refuse(
+                name, f"it is a hard link whose target {target_raw!r} is unsafe: {exc}"
+            ) from None
         if target not in self.files:
             raise self.refuse(name, f"it is a hard link to {target_raw!r}, which is not a file earlier in it")
         source = self.root / target

@@ -13,9 +13,11 @@ import hashlib
 import logging
 import os
 import shutil
+import ssl
 import tempfile
 from dataclasses import dataclass, field
 from email.message import Message
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -32,10 +34,9 @@ from tunelab.common.errors import (
 )
 from tunelab.datasets.sources import archive, netguard
 from tunelab.datasets.sources.spec import FetchPolicy, HttpSpec
-from tunelab.datasets.sources.util import Progress, Throttle, display_url, with_retries
+from tunelab.datasets.sources.util import Progress, Throttle, display_url, strip_userinfo, with_retries
 
 log = logging.getLogger(__name__)
-CHUNK = 1024 * 1024
 MAX_REDIRECTS = 10
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "tunelab-datasets"
@@ -71,7 +72,7 @@ def fetch_http(spec: HttpSpec, dest: Path, policy: FetchPolicy, progress: Progre
         shutil.rmtree(work, ignore_errors=True)
     log.info("downloaded source", extra={"url": shown, "bytes": state.done, "entries": entries})
     return {
-        "url": _provenance_url(spec.url),
+        "url": strip_userinfo(spec.url),
         "filename": state.filename,
         "size": str(state.done),
         "sha256": state.hasher.hexdigest(),
@@ -137,7 +138,9 @@ def _attempt(client: httpx.Client, spec: HttpSpec, policy: FetchPolicy, state: _
         response.close()
 
 
-def _open(client: httpx.Client, spec: HttpSpec, policy: FetchPolicy, headers: dict[str, str]) -> httpx.Response:
+def _open(
+    client: httpx.Client, spec: HttpSpec, policy: FetchPolicy, headers: dict[str, str]
+) -> httpx.Response:
     """Sends the GET, following redirects by hand so each hop passes the guard."""
     url = httpx.URL(spec.url)
     user_headers = dict(spec.headers)
@@ -151,7 +154,7 @@ def _open(client: httpx.Client, spec: HttpSpec, policy: FetchPolicy, headers: di
         target = url.join(response.headers["location"])
         if target.scheme not in ("http", "https"):
             raise InvalidArgument(
-                f"{display_url(str(url))} redirects to a {target.scheme!r} URL; only http and https are fetched"
+                f"{display_url(str(url))} redirects to a {target.scheme!r} URL; only http(s) is fetched"
             )
         if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
             user_headers = {}  # credentials are for the origin the user named, not wherever it points
@@ -184,7 +187,7 @@ def _stream(response: httpx.Response, state: _State, policy: FetchPolicy, shown:
     if state.total > limit:
         raise _too_big(shown, limit, state.total)
     with state.path.open("ab") as out:
-        for chunk in response.iter_raw(CHUNK):
+        for chunk in response.iter_raw():
             state.done += len(chunk)
             if state.done > limit:
                 raise _too_big(shown, limit, state.done)
@@ -241,16 +244,14 @@ def _clean_name(name: str) -> str:
     return "" if name in ("", ".", "..") else name[:255]
 
 
-def _provenance_url(url: str) -> str:
-    """The URL as recorded: credentials in the authority are dropped, the rest is kept."""
-    parts = urlsplit(url)
-    if not (parts.username or parts.password):
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+@lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """Loading the CA bundle takes a while, so every fetch shares one (SSLContext is thread-safe)."""
+    return httpx.create_ssl_context()
 
 
 def _client(policy: FetchPolicy) -> httpx.Client:
-    transport = httpx.HTTPTransport(retries=0)
+    transport = httpx.HTTPTransport(verify=_ssl_context(), retries=0)
     if not policy.allow_private_addresses:
         pool = getattr(transport, "_pool", None)
         if pool is not None and hasattr(pool, "_network_backend"):

@@ -85,6 +85,9 @@ def check_host(host: str, port: int, policy: FetchPolicy, *, what: str = "") -> 
     allowed = _allowed_networks(policy.allowed_networks)
     if (name == "localhost" or name.endswith(".localhost")) and blocked_reason(LOOPBACK, allowed):
         raise PermissionDenied(f"{what}: host {host!r} is this machine (loopback); {HINT}")
+    literal = _literal(name)
+    if literal is not None and blocked_reason(literal, allowed):
+        raise PermissionDenied(f"{what}: {host} is {blocked_reason(literal, allowed)}; {HINT}")
     addresses = resolve(name, port, what)
     for text in addresses:
         reason = blocked_reason(ipaddress.ip_address(text.split("%")[0]), allowed)
@@ -93,13 +96,21 @@ def check_host(host: str, port: int, policy: FetchPolicy, *, what: str = "") -> 
     return addresses
 
 
+def _literal(name: str) -> IPAddress | None:
+    """The address when ``name`` is written as one (a zone index like %eth0 is ignored)."""
+    try:
+        return ipaddress.ip_address(name.split("%")[0])
+    except ValueError:
+        return None
+
+
 def resolve(host: str, port: int, what: str) -> list[str]:
     """The host's addresses, in the resolver's order (a literal address resolves to itself)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-        raise Unavailable(f"cannot resolve host {host!r} of {what} ({reason}); check the host name") from None
+        raise Unavailable(f"cannot resolve host {host!r} of {what} ({reason})") from None
     addresses: list[str] = []
     for info in infos:
         address = str(info[4][0])

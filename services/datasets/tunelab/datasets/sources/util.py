@@ -36,6 +36,14 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
+def strip_userinfo(url: str) -> str:
+    """The URL as recorded in provenance: credentials in the authority dropped, the rest kept."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 def safe_relpath(raw: str) -> str | None:
     """Normalises an archive entry or object key to a relative POSIX path; None for the root itself.
 
@@ -103,7 +111,12 @@ def with_retries(
             delay *= 1 + random.random() / 4
             log.warning(
                 "fetch failed, retrying",
-                extra={"source": what, "attempt": attempt, "error": describe(exc), "retry_in_s": round(delay, 2)},
+                extra={
+                    "source": what,
+                    "attempt": attempt,
+                    "error": describe(exc),
+                    "retry_in_s": round(delay, 2),
+                },
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
