@@ -16,6 +16,8 @@ from tunelab.common.errors import InvalidArgument
 
 DEFAULT_PORTS = {"datasets": 50051, "environments": 50052, "trainer": 50053, "gateway": 50054}
 DEFAULT_METRICS_PORTS = {"datasets": 9101, "environments": 9102, "trainer": 9103, "gateway": 9104}
+# Services with an HTTP front door besides gRPC: the gateway's Triton, OpenAI and KServe v2 routes.
+DEFAULT_HTTP_PORTS = {"gateway": 8000}
 
 
 class StoreSettings(BaseSettings):

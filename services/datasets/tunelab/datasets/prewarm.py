@@ -8,6 +8,7 @@ re-prewarm of unchanged content costs a directory walk.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from pathlib import Path
 
 from tunelab.common.errors import FailedPrecondition
 from tunelab.common.storage.blobs import BlobStore
-from tunelab.common.storage.hashing import HashCache, sha256_file
+from tunelab.common.storage.hashing import HashCache
 from tunelab.common.storage.manifest import FileEntry, Manifest, file_mode, walk_files
 
 log = logging.getLogger(__name__)
+# Hashing is CPU-bound (hashlib releases the GIL): a few threads saturate the cores.
+HASH_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 
 
 @dataclass
@@ -75,7 +78,7 @@ class Prewarmer:
         self,
         blobs: BlobStore,
         index: BlobIndex,
-        hash_cache: HashCache | None,
+        hash_cache: HashCache,
         *,
         workers: int = 16,
         publish_every_s: float = 0.5,
@@ -86,41 +89,29 @@ class Prewarmer:
         self.workers = workers
         self.publish_every_s = publish_every_s
 
-    def manifest_of(
-        self, root: Path, progress: PrewarmProgress, publish: Callable[[], None], skip: tuple[str, ...] = ()
-    ) -> Manifest:
+    def manifest_of(self, root: Path, progress: PrewarmProgress, publish: Callable[[], None]) -> Manifest:
         """Hashes every file under ``root`` (cached hashes for unchanged files) into a manifest."""
-        found = walk_files(root, skip)
+        found = walk_files(root)
         progress.phase = "hashing"
         progress.files_total = len(found)
         progress.bytes_total = sum(st.st_size for _, _, st in found)
-        cached = (
-            self.hash_cache.lookup_many([(p, st) for _, p, st in found])
-            if self.hash_cache
-            else [None] * len(found)
-        )
-        entries: list[FileEntry | None] = [None] * len(found)
-        todo = []
-        for i, ((rel, _path, st), sha) in enumerate(zip(found, cached, strict=True)):
-            if sha:
-                entries[i] = FileEntry(rel, st.st_size, sha, file_mode(st))
-            else:
-                todo.append(i)
         ticker = _Ticker(self.publish_every_s, publish)
-        lock = threading.Lock()
 
-        def hash_one(i: int) -> None:
-            rel, path, st = found[i]
-            sha = self.hash_cache.hash(path, st) if self.hash_cache else sha256_file(path)
-            entries[i] = FileEntry(rel, st.st_size, sha, file_mode(st))
-            with lock:
-                progress.current_file = rel
+        prefix = len(str(root)) + 1
+
+        def on_hashed(path: str | Path) -> None:
+            progress.current_file = str(path)[prefix:]
             ticker.maybe()
 
-        with ThreadPoolExecutor(self.workers) as pool:
-            list(pool.map(hash_one, todo))
+        items = [(path, st) for _, path, st in found]
+        digests = self.hash_cache.hash_files(items, workers=HASH_WORKERS, on_hashed=on_hashed)
         publish()
-        return Manifest([e for e in entries if e is not None])
+        return Manifest(
+            [
+                FileEntry(rel, st.st_size, sha, file_mode(st))
+                for (rel, _, st), sha in zip(found, digests, strict=True)
+            ]
+        )
 
     def upload(
         self, root: Path, manifest: Manifest, progress: PrewarmProgress, publish: Callable[[], None]

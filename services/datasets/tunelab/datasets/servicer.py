@@ -104,11 +104,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def UploadBlobs(
         self, request_iterator: Iterator[pb.UploadBlobsRequest], context: grpc.ServicerContext
     ) -> pb.UploadBlobsResponse:
-        stored = stored_bytes = 0
-        for sha, size, chunks in _BlobStream(request_iterator):
-            self.store.put_blob(sha, size, chunks)
-            stored += 1
-            stored_bytes += size
+        stored, stored_bytes = self.store.put_blobs(iter(_BlobStream(request_iterator)))
         return pb.UploadBlobsResponse(blobs_stored=stored, bytes_stored=stored_bytes)
 
     def CommitDatasetVersion(

@@ -235,16 +235,24 @@ class DatasetStore:
         version = self.registry.new_version(dataset_id, "UPLOADING", provenance)
         self.registry.save_upload(dataset_id, version.number, manifest.to_json().decode())
         unique = manifest.unique_blobs()
-        unknown = [sha for sha in unique if sha not in self.registry.known_blobs(list(unique))]
+        known = self.registry.known_blobs(list(unique))
+        unknown = [sha for sha in unique if sha not in known]
         missing = self.blobs.missing(unknown) if unknown else set()
         self.registry.add_blobs({sha: unique[sha] for sha in unknown if sha not in missing})
         progress = PrewarmProgress(phase="uploading", files_total=len(files), bytes_total=manifest.size)
         version = self.registry.update_version(version, progress=progress.as_dict())
         return UploadPlan(version, sorted(missing))
 
-    def put_blob(self, sha256: str, size: int, chunks: Iterator[bytes]) -> None:
-        self.blobs.put_verified_stream(sha256, size, chunks, self.work_dir / "spool")
-        self.registry.add_blobs({sha256: size})
+    def put_blobs(self, blobs: Iterator[tuple[str, int, Iterator[bytes]]]) -> tuple[int, int]:
+        """Stores (sha256, size, chunks) blobs as they arrive; indexes them once at the end."""
+        stored: dict[str, int] = {}
+        try:
+            for sha256, size, chunks in blobs:
+                self.blobs.put_verified_stream(sha256, size, chunks)
+                stored[sha256] = size
+        finally:
+            self.registry.add_blobs(stored)
+        return len(stored), sum(stored.values())
 
     def commit(self, name: str) -> VersionRecord:
         version = self.get_version(name)

@@ -21,7 +21,7 @@ from tunelab.datasets.v1 import datasets_pb2_grpc
 
 Progress = Callable[[int, int], None]
 CHUNK = 4 * 1024 * 1024
-STREAMS = 8
+STREAMS = 16
 
 
 def dataset_name(name: str) -> str:
@@ -138,19 +138,11 @@ class DatasetClient:
     def manifest_of(self, directory: Path, workers: int = 4) -> Manifest:
         """Hashes ``directory`` (unchanged files come from the hash cache without being read)."""
         found = walk_files(directory, skip=(".tunelab-manifest.json",))
-        cached = self.hashes.lookup_many([(p, st) for _, p, st in found])
-        todo = [i for i, sha in enumerate(cached) if sha is None]
-
-        def hash_one(i: int) -> None:
-            _, path, st = found[i]
-            cached[i] = self.hashes.hash(path, st)
-
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(hash_one, todo))
+        digests = self.hashes.hash_files([(p, st) for _, p, st in found], workers=workers)
         return Manifest(
             [
-                FileEntry(rel, st.st_size, sha or "", file_mode(st))
-                for (rel, _, st), sha in zip(found, cached, strict=True)
+                FileEntry(rel, st.st_size, sha, file_mode(st))
+                for (rel, _, st), sha in zip(found, digests, strict=True)
             ]
         )
 
@@ -224,8 +216,11 @@ class DatasetClient:
             for future in [pool.submit(self.stub.UploadBlobs, messages(lane)) for lane in lanes]:
                 future.result()
 
-    def pull(self, ref: str, directory: Path, progress: Progress | None = None) -> MaterializeResult:
-        """Materializes a version into ``directory`` (verified, cached; atomic)."""
+    def pull(
+        self, ref: str, directory: Path, progress: Progress | None = None, *, copy: bool = False
+    ) -> MaterializeResult:
+        """Materializes a version into ``directory`` (verified, cached; atomic). Files are read-only
+        hard links into the local cache unless ``copy`` asks for writable copies."""
         files: builtins.list[FileEntry] = []
         resolved = ""
         for version, page in self._file_pages(ref):
@@ -239,4 +234,5 @@ class DatasetClient:
             GrpcBlobSource(self.stub),
             progress=progress,
             label=f"{resolved}:",
+            link=not copy,
         )

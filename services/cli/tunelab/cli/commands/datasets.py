@@ -230,10 +230,15 @@ def pull(
     directory: Annotated[
         Path, typer.Argument(metavar="DIR", help="Where to put the files: new, empty, or an earlier pull.")
     ],
+    copy: Annotated[
+        bool, typer.Option("--copy", help="Writable copies instead of read-only links into the local cache.")
+    ] = False,
 ) -> None:
     """Download a version into a directory, verified by sha256 and cached locally.
 
-    DIR is replaced atomically; pulling the version it already holds does nothing.
+    DIR is replaced atomically; pulling the version it already holds does nothing. Files are
+    read-only hard links into the local blob cache (~/.cache/tunelab), so pulling the same
+    content again costs no transfer and no copy; --copy makes writable copies.
 
     Example:
 
@@ -246,7 +251,7 @@ def pull(
     v = client.get_version(ref)
     label = short_version(v.name)
     with transfer(f"pulling {label}") as progress:
-        r = client.pull(v.name, directory, progress)
+        r = client.pull(v.name, directory, progress, copy=copy)
     if r.unchanged:
         typer.echo(f"{directory} already holds {label}")
     else:

@@ -8,7 +8,6 @@ blobs are hashed by us before upload and after download.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import shutil
@@ -26,7 +25,6 @@ from tunelab.common.storage.objectstore import ObjectStore
 log = logging.getLogger(__name__)
 
 BLOB_PREFIX = "blobs/sha256/"
-SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 def blob_key(sha256: str) -> str:
@@ -56,31 +54,30 @@ class BlobStore:
     def put_file(self, sha256: str, path: Path) -> None:
         self.store.put_file(blob_key(sha256), path)
 
-    def put_verified_stream(self, sha256: str, size: int, chunks: Iterator[bytes], spool_dir: Path) -> None:
-        """Stores a blob sent in chunks after checking its size and sha256 against the claim."""
+    def put_verified_stream(self, sha256: str, size: int, chunks: Iterator[bytes]) -> None:
+        """Stores a blob sent in chunks, streaming it to the store as it arrives. The object becomes
+        visible only when its size and sha256 match the claim; otherwise nothing is stored."""
         check_sha256(sha256, "blob")
         h = hashlib.sha256()
-        written = 0
-        # Small blobs are buffered in memory; large ones spool to disk (multipart-uploaded later).
-        if size <= SPOOL_IN_MEMORY:
-            buffer: BinaryIO = io.BytesIO()
-        else:
-            spool_dir.mkdir(parents=True, exist_ok=True)
-            buffer = tempfile.TemporaryFile(dir=spool_dir, prefix="blob-")  # noqa: SIM115
-        with buffer:
+        received = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal received
             for chunk in chunks:
-                written += len(chunk)
-                if written > size:
+                received += len(chunk)
+                if received > size:
                     raise InvalidArgument(f"blob {sha256}: more than the declared {size} bytes arrived")
                 h.update(chunk)
-                buffer.write(chunk)
-            if written != size or h.hexdigest() != sha256:
+                yield chunk
+
+        def check() -> None:
+            if received != size or h.hexdigest() != sha256:
                 raise InvalidArgument(
-                    f"blob {sha256}: received {written} bytes hashing to {h.hexdigest()}, "
+                    f"blob {sha256}: received {received} bytes hashing to {h.hexdigest()}, "
                     f"expected {size} bytes; did the file change while it was being sent?"
                 )
-            buffer.seek(0)
-            self.store.put_stream(blob_key(sha256), buffer, size)
+
+        self.store.put_chunks(blob_key(sha256), counted(), size, check)
 
     def iter_chunks(self, sha256: str) -> Iterator[bytes]:
         return self.store.iter_chunks(blob_key(sha256), CHUNK)
@@ -140,6 +137,7 @@ class BlobCache:
             try:
                 with os.fdopen(fd, "wb") as out:
                     source.fetch(sha256, size, out)
+                os.chmod(tmp, 0o444)  # cache entries are shared (hard links): never edit in place
                 os.replace(tmp, target)
                 return target, True
             except DataLoss:

@@ -6,14 +6,17 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CHUNK = 1024 * 1024
+StrPath = str | Path
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as src:
+    with open(path, "rb") as src:
         while chunk := src.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -36,16 +39,7 @@ class HashCache:
     def _key(st: os.stat_result) -> tuple[int, int, int, int]:
         return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
-    def lookup(self, path: Path, st: os.stat_result) -> str | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT size, mtime_ns, ino, ctime_ns, sha256 FROM hashes WHERE path = ?", (str(path),)
-            ).fetchone()
-        if row and tuple(row[:4]) == self._key(st):
-            return str(row[4])
-        return None
-
-    def lookup_many(self, items: list[tuple[Path, os.stat_result]]) -> list[str | None]:
+    def lookup_many(self, items: list[tuple[StrPath, os.stat_result]]) -> list[str | None]:
         """One query for many files (a folder of thousands of files costs milliseconds)."""
         wanted = {str(p): self._key(st) for p, st in items}
         found: dict[str, str] = {}
@@ -63,20 +57,33 @@ class HashCache:
                         found[path] = sha
         return [found.get(str(p)) for p, _ in items]
 
-    def store(self, path: Path, st: os.stat_result, sha256: str) -> None:
+    def store_many(self, items: list[tuple[StrPath, os.stat_result, str]]) -> None:
+        rows = [(str(p), *self._key(st), sha) for p, st, sha in items]
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?)", (str(path), *self._key(st), sha256)
-            )
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
 
-    def hash(self, path: Path, st: os.stat_result | None = None) -> str:
-        st = st or path.stat()
-        cached = self.lookup(path, st)
-        if cached:
-            return cached
-        digest = sha256_file(path)
-        self.store(path, st, digest)
-        return digest
+    def hash_files(
+        self,
+        items: list[tuple[StrPath, os.stat_result]],
+        workers: int = 4,
+        on_hashed: Callable[[StrPath], None] | None = None,
+    ) -> list[str]:
+        """sha256 of every file: cached ones without reading them, the rest in parallel."""
+        digests = self.lookup_many(items)
+        todo = [i for i, d in enumerate(digests) if d is None]
+
+        def hash_one(i: int) -> None:
+            digests[i] = sha256_file(items[i][0])
+            if on_hashed:
+                on_hashed(items[i][0])
+
+        if todo:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(hash_one, todo))
+            self.store_many([(items[i][0], items[i][1], str(digests[i])) for i in todo])
+        return [str(d) for d in digests]
 
     def close(self) -> None:
         self._db.close()

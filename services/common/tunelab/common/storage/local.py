@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,13 +33,13 @@ class LocalStore:
             return None
         return ObjectInfo(key, st.st_size, st.st_mtime)
 
-    def _atomic_write(self, key: str, write: object) -> None:
+    def _atomic_write(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as out:
-                write(out)  # type: ignore[operator]
+                write(out)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -51,6 +51,14 @@ class LocalStore:
 
     def put_stream(self, key: str, stream: BinaryIO, size: int) -> None:
         self._atomic_write(key, lambda out: shutil.copyfileobj(stream, out, 1024 * 1024))
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes], size: int, check: Callable[[], None]) -> None:
+        def write(out: BinaryIO) -> None:
+            for chunk in chunks:
+                out.write(chunk)
+            check()
+
+        self._atomic_write(key, write)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._atomic_write(key, lambda out: out.write(data))

@@ -7,8 +7,8 @@ import json
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from tunelab.common.errors import InvalidArgument
 
@@ -29,14 +29,19 @@ class FileEntry:
 
 def check_relative_path(path: str, where: str = "manifest") -> str:
     """Returns ``path`` when it is a clean relative POSIX path; raises naming it otherwise."""
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or path != p.as_posix() or "\\" in path or "\0" in path:
+    if (
+        not path
+        or path[0] == "/"
+        or "\\" in path
+        or "\0" in path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
         raise InvalidArgument(f"{where}: path {path!r} must be relative, without '..', '\\\\' or './'")
     return path
 
 
 def check_sha256(value: str, where: str) -> str:
-    if len(value) != 64 or not set(value) <= HEX:
+    if len(value) != 64 or not HEX.issuperset(value):
         raise InvalidArgument(f"{where}: {value!r} is not a lower-case hex sha256")
     return value
 
@@ -58,13 +63,11 @@ class Manifest:
             if f.path in seen:
                 raise InvalidArgument(f"manifest: duplicate path {f.path!r}")
             seen.add(f.path)
-        paths = seen
-        for f in self.files:
-            parent = PurePosixPath(f.path).parent
-            while parent.as_posix() != ".":
-                if parent.as_posix() in paths:
-                    raise InvalidArgument(f"manifest: {parent} is both a file and the folder of {f.path}")
-                parent = parent.parent
+        folders = {p.rsplit("/", i)[0] for p in seen for i in range(1, p.count("/") + 1)}
+        clash = folders & seen
+        if clash:
+            name = min(clash)
+            raise InvalidArgument(f"manifest: {name} is both a file and a folder of other files")
 
     @property
     def size(self) -> int:
@@ -81,7 +84,9 @@ class Manifest:
             "digest": self.digest(),
             "created_time": self.created_time,
             "source": self.source,
-            "files": [asdict(f) for f in self.files],
+            "files": [
+                {"path": f.path, "size": f.size, "sha256": f.sha256, "mode": f.mode} for f in self.files
+            ],
         }
         return json.dumps(body, indent=1, ensure_ascii=False).encode()
 
@@ -103,23 +108,30 @@ def file_mode(st: os.stat_result) -> int:
     return 0o755 if st.st_mode & stat.S_IXUSR else 0o644
 
 
-def walk_files(root: Path, skip: Iterable[str] = ()) -> list[tuple[str, Path, os.stat_result]]:
-    """Regular files under ``root`` as (relative posix path, path, stat); refuses links that escape."""
+def walk_files(root: Path, skip: Iterable[str] = ()) -> list[tuple[str, str, os.stat_result]]:
+    """Regular files under ``root`` as (relative posix path, full path, stat), sorted by path;
+    refuses symbolic links that point outside ``root``."""
     skipped = set(skip)
-    out: list[tuple[str, Path, os.stat_result]] = []
-    root_real = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skipped)
-        for name in sorted(filenames):
-            if name in skipped:
-                continue
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                target = full.resolve()
-                if not target.is_relative_to(root_real):
-                    raise InvalidArgument(f"{rel}: symbolic link points outside {root} (to {target})")
-            st = full.stat()
-            if stat.S_ISREG(st.st_mode):
-                out.append((rel, full, st))
+    out: list[tuple[str, str, os.stat_result]] = []
+    base = str(root)
+    root_real = os.path.realpath(base)
+    pending = [(base, "")]
+    while pending:
+        folder, prefix = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name in skipped:
+                    continue
+                rel = prefix + entry.name
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if target != root_real and not target.startswith(root_real + os.sep):
+                        raise InvalidArgument(f"{rel}: symbolic link points outside {root} (to {target})")
+                if entry.is_dir():
+                    pending.append((entry.path, rel + "/"))
+                    continue
+                st = entry.stat()
+                if stat.S_ISREG(st.st_mode):
+                    out.append((rel, entry.path, st))
+    out.sort(key=lambda item: item[0])
     return out

@@ -48,12 +48,17 @@ def materialize(
     workers: int = 8,
     progress: Callable[[int, int], None] | None = None,
     label: str = "",
+    link: bool = True,
 ) -> MaterializeResult:
     """Makes ``target`` hold exactly ``manifest``'s files.
 
     Blobs come from ``cache`` or, when missing there, from ``source`` (verified by sha256). The
     files are assembled in a sibling temporary directory that replaces ``target`` only when
     complete. A target already holding this manifest is left alone.
+
+    With ``link`` (the default), files are read-only hard links to the verified cache entries when
+    the cache is on the same filesystem (a second pull of the same content then costs only
+    metadata); executable files and ``link=False`` get writable copies.
     """
     started = time.perf_counter()
     digest = manifest.digest()
@@ -94,13 +99,15 @@ def materialize(
         entry = manifest.files[index]
         dest = staging / entry.path
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached[entry.sha256], dest)
-        os.chmod(dest, entry.mode)
+        if not (can_link and entry.mode & 0o111 == 0 and _try_link(cached[entry.sha256], dest)):
+            shutil.copyfile(cached[entry.sha256], dest)
+            os.chmod(dest, entry.mode)
         with lock:
             done += entry.size
             if progress:
                 progress(done, manifest.size)
 
+    can_link = link and os.stat(staging).st_dev == os.stat(cache.root).st_dev
     try:
         unique = manifest.unique_blobs()
         with ThreadPoolExecutor(workers) as pool:
@@ -121,3 +128,11 @@ def materialize(
     return MaterializeResult(
         target, len(manifest.files), manifest.size, fetched, time.perf_counter() - started
     )
+
+
+def _try_link(src: Path, dest: Path) -> bool:
+    try:
+        os.link(src, dest)
+        return True
+    except OSError:  # e.g. a filesystem without hard links, or the link-count limit
+        return False

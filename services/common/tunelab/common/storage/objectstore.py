@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -31,6 +31,11 @@ class ObjectStore(Protocol):
     def put_stream(self, key: str, stream: BinaryIO, size: int) -> None: ...
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes], size: int, check: Callable[[], None]) -> None:
+        """Writes ``chunks`` (``size`` bytes) as they come; calls ``check`` after the last one and
+        before the object becomes visible. If ``check`` or anything else raises, nothing is stored."""
+        ...
 
     def get_bytes(self, key: str) -> bytes: ...
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import urllib3
 from minio import Minio
+from minio.datatypes import Part
 from minio.error import S3Error
 
 from tunelab.common.errors import NotFound, PermissionDenied, Unavailable
@@ -26,6 +29,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TRANSIENT = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+# Part size of streamed multipart uploads: parts are held in memory while they are sent.
+STREAM_PART_SIZE = 16 * 1024 * 1024
+
+
+def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Regroups a stream of chunks into pieces of exactly ``size`` bytes (the last may be shorter)."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
 
 
 class S3Store:
@@ -53,7 +70,9 @@ class S3Store:
         endpoint = settings.s3_endpoint or "s3.amazonaws.com"
         pool = urllib3.PoolManager(
             maxsize=settings.transfer_workers * 2,
-            timeout=urllib3.Timeout(connect=5.0, read=60.0),
+            # urllib3 applies the connect timeout while a request body is being sent too, so it
+            # must allow for a busy server taking in a large part.
+            timeout=urllib3.Timeout(connect=60.0, read=300.0),
             retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
         )
         client = Minio(
@@ -74,9 +93,10 @@ class S3Store:
         if not self._call(lambda: self.client.bucket_exists(bucket_name=self.bucket)):
             self._call(lambda: self.client.make_bucket(bucket_name=self.bucket))
 
-    def _call(self, fn: Callable[[], T], key: str = "") -> T:
+    def _call(self, fn: Callable[[], T], key: str = "", attempts: int | None = None) -> T:
         delay = 0.2
-        for attempt in range(1, self.attempts + 1):
+        attempts = attempts or self.attempts
+        for attempt in range(1, attempts + 1):
             try:
                 return fn()
             except S3Error as exc:
@@ -92,14 +112,14 @@ class S3Store:
                         f"the S3 server refused {key or 'the request'} ({exc.code}): check "
                         "TUNELAB_S3_ACCESS_KEY / TUNELAB_S3_SECRET_KEY"
                     ) from None
-                if attempt == self.attempts or exc.code not in (
+                if attempt == attempts or exc.code not in (
                     "SlowDown",
                     "InternalError",
                     "RequestTimeout",
                 ):
                     raise Unavailable(f"S3 error on {key or self.bucket}: {exc.code}: {exc.message}") from exc
             except TRANSIENT as exc:
-                if attempt == self.attempts:
+                if attempt == attempts:
                     raise Unavailable(
                         f"cannot reach the object store {self.describe()} after {attempt} attempts: {exc}"
                     ) from exc
@@ -132,7 +152,56 @@ class S3Store:
 
     def put_stream(self, key: str, stream: BinaryIO, size: int) -> None:
         # A stream cannot be rewound for a retry, so it gets one attempt.
-        self._put(key, stream, size)
+        self._call(lambda: self._put(key, stream, size), key, attempts=1)
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes], size: int, check: Callable[[], None]) -> None:
+        """Small objects are collected in memory and sent in one PUT; larger ones go up as a
+        multipart upload whose parts are sent while the next ones arrive, and which is completed
+        only after ``check`` passes (aborted otherwise), so a bad object is never visible."""
+        if size <= STREAM_PART_SIZE:
+            data = b"".join(chunks)
+            check()
+            self.put_bytes(key, data)
+            return
+        name = self._key(key)
+        upload_id = self._call(lambda: self.client._create_multipart_upload(self.bucket, name, {}), key)
+        parts: list[Future[Part]] = []
+        try:
+            with ThreadPoolExecutor(self.parallel_parts, thread_name_prefix="s3-part") as pool:
+                window = threading.BoundedSemaphore(self.parallel_parts)
+                for number, data in enumerate(_rechunk(chunks, STREAM_PART_SIZE), 1):
+                    window.acquire()
+                    parts.append(pool.submit(self._upload_part, key, name, upload_id, number, data, window))
+                check()
+                done = [p.result() for p in parts]
+            self._call(
+                lambda: self.client._complete_multipart_upload(self.bucket, name, upload_id, done), key
+            )
+        except BaseException:
+            for p in parts:
+                p.cancel()
+            try:
+                self.client._abort_multipart_upload(self.bucket, name, upload_id)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                log.warning("could not abort multipart upload", extra={"key": key, "upload_id": upload_id})
+            raise
+
+    def _upload_part(
+        self,
+        key: str,
+        name: str,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        window: threading.BoundedSemaphore,
+    ) -> Part:
+        try:
+            etag = self._call(
+                lambda: self.client._upload_part(self.bucket, name, data, None, upload_id, number), key
+            )
+            return Part(number, etag)
+        finally:
+            window.release()
 
     def _put(self, key: str, stream: BinaryIO, size: int) -> None:
         self.client.put_object(

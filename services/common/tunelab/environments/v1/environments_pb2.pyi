@@ -113,13 +113,15 @@ class Environment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[EnvironmentSpec, _Mapping]] = ..., state: _Optional[_Union[Environment.State, str]] = ..., phase: _Optional[str] = ..., error: _Optional[str] = ..., env_key: _Optional[str] = ..., lock: _Optional[str] = ..., resolved_python_version: _Optional[str] = ..., resolved_platform: _Optional[str] = ..., package_count: _Optional[int] = ..., size_bytes: _Optional[int] = ..., artifact: _Optional[_Union[EnvironmentArtifact, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., active_lease_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EnvironmentArtifact(_message.Message):
-    __slots__ = ("env_key", "size_bytes", "python_path", "archive_format", "archive_sha256", "archive_size_bytes", "archive_object_key", "manifest_sha256", "file_count")
+    __slots__ = ("env_key", "size_bytes", "python_path", "archive_format", "archive_sha256", "archive_size_bytes", "archive_object_key", "manifest_sha256", "file_count", "layers")
     class ArchiveFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ARCHIVE_FORMAT_UNSPECIFIED: _ClassVar[EnvironmentArtifact.ArchiveFormat]
         ARCHIVE_FORMAT_TAR_ZSTD: _ClassVar[EnvironmentArtifact.ArchiveFormat]
+        ARCHIVE_FORMAT_TAR_ZSTD_LAYERS: _ClassVar[EnvironmentArtifact.ArchiveFormat]
     ARCHIVE_FORMAT_UNSPECIFIED: EnvironmentArtifact.ArchiveFormat
     ARCHIVE_FORMAT_TAR_ZSTD: EnvironmentArtifact.ArchiveFormat
+    ARCHIVE_FORMAT_TAR_ZSTD_LAYERS: EnvironmentArtifact.ArchiveFormat
     ENV_KEY_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PYTHON_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +131,7 @@ class EnvironmentArtifact(_message.Message):
     ARCHIVE_OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     env_key: str
     size_bytes: int
     python_path: str
@@ -138,7 +141,22 @@ class EnvironmentArtifact(_message.Message):
     archive_object_key: str
     manifest_sha256: str
     file_count: int
-    def __init__(self, env_key: _Optional[str] = ..., size_bytes: _Optional[int] = ..., python_path: _Optional[str] = ..., archive_format: _Optional[_Union[EnvironmentArtifact.ArchiveFormat, str]] = ..., archive_sha256: _Optional[str] = ..., archive_size_bytes: _Optional[int] = ..., archive_object_key: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., file_count: _Optional[int] = ...) -> None: ...
+    layers: _containers.RepeatedCompositeFieldContainer[EnvironmentLayer]
+    def __init__(self, env_key: _Optional[str] = ..., size_bytes: _Optional[int] = ..., python_path: _Optional[str] = ..., archive_format: _Optional[_Union[EnvironmentArtifact.ArchiveFormat, str]] = ..., archive_sha256: _Optional[str] = ..., archive_size_bytes: _Optional[int] = ..., archive_object_key: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., file_count: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[EnvironmentLayer, _Mapping]]] = ...) -> None: ...
+
+class EnvironmentLayer(_message.Message):
+    __slots__ = ("name", "sha256", "size_bytes", "unpacked_size_bytes", "file_count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UNPACKED_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    size_bytes: int
+    unpacked_size_bytes: int
+    file_count: int
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., unpacked_size_bytes: _Optional[int] = ..., file_count: _Optional[int] = ...) -> None: ...
 
 class EnvironmentFile(_message.Message):
     __slots__ = ("path", "size", "sha256", "mode", "link_target")
@@ -309,14 +327,16 @@ class ListEnvironmentFilesResponse(_message.Message):
     def __init__(self, files: _Optional[_Iterable[_Union[EnvironmentFile, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ReadEnvironmentArchiveRequest(_message.Message):
-    __slots__ = ("name", "offset", "env_key")
+    __slots__ = ("name", "offset", "env_key", "layer_sha256")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     ENV_KEY_FIELD_NUMBER: _ClassVar[int]
+    LAYER_SHA256_FIELD_NUMBER: _ClassVar[int]
     name: str
     offset: int
     env_key: str
-    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ..., env_key: _Optional[str] = ...) -> None: ...
+    layer_sha256: str
+    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ..., env_key: _Optional[str] = ..., layer_sha256: _Optional[str] = ...) -> None: ...
 
 class ReadEnvironmentArchiveResponse(_message.Message):
     __slots__ = ("data",)

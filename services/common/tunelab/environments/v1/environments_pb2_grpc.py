@@ -193,7 +193,8 @@ class EnvironmentServiceServicer:
 
     def ListEnvironmentFiles(self, request, context):
         """Pages through a READY environment's manifest (path, size, sha256, mode, link target per
-        file), for clients that materialize file by file through the blob layer.
+        file), for clients that materialize file by file through the blob layer. For a layered
+        build the entries are its layer blobs ("layers/<n>-<name>.tar.zst").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
