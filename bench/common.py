@@ -70,8 +70,16 @@ def _os_release() -> str:
     return platform.platform()
 
 
+def repo_relative(text: str) -> str:
+    """Replaces this checkout's absolute path with a relative one: results never name the machine's paths."""
+    return text.replace(str(REPO) + os.sep, "")
+
+
 def command_line() -> str:
-    return shlex.join([Path(sys.executable).name, *sys.argv])
+    exe = sys.executable
+    if exe.startswith(str(REPO) + os.sep):
+        exe = os.path.relpath(exe, REPO)
+    return shlex.join([exe, *sys.argv])
 
 
 @dataclass
@@ -108,7 +116,7 @@ def write_result(
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     body: dict[str, object] = {
         "benchmark": name,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "command": command_line(),
         "metrics": metrics,
@@ -185,7 +193,9 @@ def run_timed(
     """Runs ``cmd``; wall seconds and the CPU seconds of it and its children (wait4's rusage)."""
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            list(cmd), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         try:
@@ -247,12 +257,29 @@ class S3rver:
             raise FileNotFoundError(f"{S3RVER} is missing: run `make tools`")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        cmd = [str(S3RVER), "--directory", str(self.directory), "--port", str(self.port), "--address", "127.0.0.1", "--silent"]
+        cmd = [
+            str(S3RVER),
+            "--directory",
+            str(self.directory),
+            "--port",
+            str(self.port),
+            "--address",
+            "127.0.0.1",
+            "--silent",
+        ]
         for bucket in self.buckets:
             cmd += ["--configure-bucket", bucket]
         self.log = self.directory.with_name(self.directory.name + ".log")
+        # s3rver 3.7 encrypts ListObjectsV2 continuation tokens with a cipher OpenSSL 3 (Node ≥ 17)
+        # only has in its legacy provider: without it, listing more than 1,000 keys fails.
+        env = {
+            **os.environ,
+            "NODE_OPTIONS": (os.environ.get("NODE_OPTIONS", "") + " --openssl-legacy-provider").strip(),
+        }
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
         wait_port(self.port, 30, self.proc)
         return self
 

@@ -3,8 +3,8 @@
 
 Layout::
 
-    <root>/large/large-<i>.bin             LARGE_COUNT files of LARGE_BYTES × scale
-    <root>/small/d<jj>/f<iiii>.bin         SMALL_COUNT × scale files of 1–100 KiB, 100 per folder
+    <root>/large/large-<i>.bin             LARGE_COUNT files of LARGE_BYTES x scale
+    <root>/small/d<jj>/f<iiii>.bin         SMALL_COUNT x scale files of 1-100 KiB, 100 per folder
     <root>.json                            the parameters it was made with (reused when equal)
 """
 
@@ -15,6 +15,8 @@ import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import common as bc
 
 LARGE_COUNT = 4
 LARGE_BYTES = 200 * 1024 * 1024
@@ -66,7 +68,7 @@ class Folder:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "path": str(self.root),
+            "path": bc.repo_relative(str(self.root)),
             "files": self.files,
             "bytes": self.bytes,
             "mb": round(self.bytes / 1e6, 1),
@@ -82,7 +84,16 @@ class Folder:
 def _census(root: Path, spec: Spec) -> Folder:
     large = [p.stat().st_size for p in (root / "large").iterdir()]
     small = [p.stat().st_size for p in (root / "small").rglob("*") if p.is_file()]
-    return Folder(root, spec, len(large) + len(small), sum(large) + sum(small), len(large), sum(large), len(small), sum(small))
+    return Folder(
+        root,
+        spec,
+        len(large) + len(small),
+        sum(large) + sum(small),
+        len(large),
+        sum(large),
+        len(small),
+        sum(small),
+    )
 
 
 def ensure_folder(root: Path, spec: Spec) -> tuple[Folder, bool]:
@@ -108,8 +119,8 @@ def ensure_folder(root: Path, spec: Spec) -> tuple[Folder, bool]:
                 out.write(rng.randbytes(n))
                 left -= n
     for i in range(spec.small_count):
-        folder = root / "small" / f"d{i // PER_FOLDER:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"f{i:04d}.bin").write_bytes(rng.randbytes(rng.randint(spec.small_min, spec.small_max)))
+        subdir = root / "small" / f"d{i // PER_FOLDER:02d}"
+        subdir.mkdir(parents=True, exist_ok=True)
+        (subdir / f"f{i:04d}.bin").write_bytes(rng.randbytes(rng.randint(spec.small_min, spec.small_max)))
     stamp.write_text(json.dumps(asdict(spec)))
     return _census(root, spec), True
