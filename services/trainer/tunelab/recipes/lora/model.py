@@ -1,0 +1,165 @@
+"""Loading: check MODEL_DIR is a local causal LM, pick device and dtype, load tokenizer and model, add LoRA.
+
+Nothing is downloaded: every load passes `local_files_only=True` and `__main__` sets HF_HUB_OFFLINE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.recipes.lora.config import PeftSettings, TrainingArgs
+from tunelab.recipes.lora.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+def causal_lm_config(model_dir: Path, trust_remote_code: bool) -> Any:
+    """The model's config, if MODEL_DIR holds a causal LM that loads without downloading anything."""
+    if not model_dir.is_dir():
+        raise ModelError(
+            f"MODEL_DIR {model_dir} is not a local directory; tunelab never downloads models: "
+            "mount the model as a dataset and pass its path"
+        )
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
+    raw = json.loads((model_dir / "config.json").read_text())
+    remote = "AutoModelForCausalLM" in raw.get("auto_map", {})
+    if remote and not trust_remote_code:
+        raise ModelError(
+            f"{model_dir} ships its own model code (auto_map in config.json); if you trust it, add "
+            "--set tunelab.trust_remote_code=true"
+        )
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot read {model_dir}/config.json: {e}") from None
+    model_type = getattr(config, "model_type", "?")
+    causal = remote or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if getattr(config, "is_encoder_decoder", False) or not causal:
+        architectures = ", ".join(raw.get("architectures") or []) or "unknown architecture"
+        raise ModelError(
+            f"{model_dir} is a {model_type!r} model ({architectures}), not a causal language model: "
+            "AutoModelForCausalLM can't load it. Use a decoder-only model such as Llama, Qwen2 or ChatGLM3"
+        )
+    return config
+
+
+def device_and_dtype(args: TrainingArgs) -> tuple[torch.device, torch.dtype]:
+    """A GPU with bf16 where there is one (unless use_cpu), else the CPU in fp32."""
+    if args.use_cpu or not torch.cuda.is_available():
+        if not args.use_cpu:
+            log.warning("no GPU found: training on CPU in fp32")
+        if args.bf16:
+            raise ConfigError(
+                "training_args.bf16 is true but there is no GPU; remove it to train in fp32 on CPU"
+            )
+        return torch.device("cpu"), torch.float32
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    supported = torch.cuda.is_bf16_supported()
+    if args.bf16 and not supported:
+        raise ConfigError(f"training_args.bf16 is true but {torch.cuda.get_device_name(device)} has no bf16")
+    return device, torch.bfloat16 if args.bf16 is not False and supported else torch.float32
+
+
+def load_tokenizer(model_dir: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the tokenizer of {model_dir}: {e}") from None
+
+
+def pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def load_model(
+    model_dir: Path,
+    config: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    trust_remote_code: bool,
+    attn_implementation: str | None,
+    gradient_checkpointing: bool,
+) -> Any:
+    """The base model on `device` in `dtype`, without KV cache, optionally with gradient checkpointing."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "local_files_only": True,
+        "trust_remote_code": trust_remote_code,
+    }
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, config=config, **kwargs)
+    except (OSError, ValueError, ImportError) as e:
+        raise ModelError(f"cannot load {model_dir} as a causal LM: {e}") from None
+    model.config.use_cache = False
+    model.to(device)
+    if gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ModelError(f"{type(model).__name__} does not support gradient checkpointing; turn it off")
+        enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def apply_lora(model: Any, settings: PeftSettings) -> Any:
+    """Wrap `model` with LoRA adapters on the configured (or PEFT's default) linear modules."""
+    from peft import LoraConfig, get_peft_model
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
+
+    model_type = getattr(model.config, "model_type", "")
+    targets = settings.target_modules or list(DEFAULT_TARGETS.get(model_type) or [])
+    linear = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    )
+    if not targets:
+        raise ModelError(
+            f"PEFT has no default LoRA target modules for model type {model_type!r}; set "
+            f"peft_config.target_modules to some of: {', '.join(linear)}"
+        )
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=settings.r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        use_rslora=settings.use_rslora,
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # peft calls deprecated transformers names
+            model = get_peft_model(model, lora)
+    except ValueError as e:
+        raise ModelError(f"{e}; linear modules of this model: {', '.join(linear)}") from None
+    if any("lora_embedding" in n for n, _ in model.named_parameters()):
+        raise ModelError(
+            "LoRA on embeddings can't be served by vLLM; drop embedding layers from target_modules"
+        )
+    return model

@@ -1,0 +1,383 @@
+"""The LoRA fine-tuning recipe: one class, read top to bottom.
+
+    recipe = LoRAFinetuneRecipe(cfg, data_dir, model_dir, resume, metrics)   # checks inputs, fails fast
+    recipe.setup()      # tokenizer, data, model + LoRA, optimizer, scheduler, resume state
+    recipe.train()      # the loop: forward/backward, clip, step, log, eval, checkpoint
+    recipe.cleanup()
+
+Single process, one device (a GPU when there is one, else CPU). See `__main__` for the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.recipes.lora import checkpoint as ckpt
+from tunelab.recipes.lora.batching import (
+    BatchStream,
+    Layout,
+    PackedLayout,
+    PaddedLayout,
+    choose_packing_mode,
+    loss_sum,
+)
+from tunelab.recipes.lora.checkpoint import Resume
+from tunelab.recipes.lora.config import RecipeConfig
+from tunelab.recipes.lora.data import ChatFormat, TokenizedSet, tokenize_file
+from tunelab.recipes.lora.errors import CheckpointError, ConfigError, DataError, StopRequested
+from tunelab.recipes.lora.evaluate import eval_loss, generate, similarity, stop_token_ids
+from tunelab.recipes.lora.metrics import MetricsSink, Progress, check_finite, gpu_memory_gb
+from tunelab.recipes.lora.model import (
+    apply_lora,
+    causal_lm_config,
+    device_and_dtype,
+    load_model,
+    load_tokenizer,
+    pad_id,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LoRAFinetuneRecipe:
+    def __init__(
+        self,
+        cfg: RecipeConfig,
+        data_dir: str | Path,
+        model_dir: str | Path,
+        resume: Resume,
+        metrics: MetricsSink,
+    ) -> None:
+        self.cfg, self.metrics, self.resume = cfg, metrics, resume
+        self.data_dir, self.model_dir = Path(data_dir), Path(model_dir)
+        args = cfg.training_args
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("multi-process (torchrun) training is not implemented yet; run one process")
+        if not self.data_dir.is_dir():
+            raise DataError(f"DATA_DIR {self.data_dir} is not a directory")
+        self.files = {"train": self._data_file("train_file", cfg.data_config.train_file)}
+        val_file = cfg.data_config.val_file
+        if val_file and args.eval_strategy == "steps" and args.do_eval is not False:
+            self.files["validation"] = self._data_file("val_file", val_file)
+        if cfg.data_config.test_file:
+            self.files["test"] = self._data_file("test_file", cfg.data_config.test_file)
+        self.model_config = causal_lm_config(self.model_dir, cfg.tunelab.trust_remote_code)
+        self.device, self.dtype = device_and_dtype(args)
+        self.output_dir = Path(args.output_dir)
+        self.checkpoints = ckpt.CheckpointManager(self.output_dir, args.save_total_limit)
+        self.base_model_name = cfg.tunelab.base_model_name or self.model_dir.resolve().name
+        self.step = 0
+        self._stop_signal: int | None = None
+
+    def _data_file(self, key: str, name: str) -> Path:
+        path = self.data_dir / name
+        if not path.is_file():
+            raise DataError(
+                f"{path} not found (data_config.{key} is {name!r}, relative to DATA_DIR {self.data_dir})"
+            )
+        return path
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg, args = self.cfg, self.cfg.training_args
+        random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        self.tokenizer = load_tokenizer(self.model_dir, cfg.tunelab.trust_remote_code)
+        self.format = ChatFormat(self.tokenizer, cfg.tunelab.chat_template)
+        self.pad_id = pad_id(self.tokenizer)
+        self.data: dict[str, TokenizedSet] = {}
+        for split, path in self.files.items():
+            self.data[split] = tokenize_file(
+                path, self.tokenizer, self.format, cfg.max_input_length, cfg.max_output_length
+            )
+            log.info("%s: %s (%s)", split, path, self.data[split].stats)
+        train = self.data["train"]
+        if train.truncated_answers or train.truncated_prompts:
+            log.warning(
+                "%s: %d answers cut to max_output_length, %d prompts cut from the left to fit",
+                train.path,
+                train.truncated_answers,
+                train.truncated_prompts,
+            )
+
+        base = load_model(
+            self.model_dir,
+            self.model_config,
+            self.device,
+            self.dtype,
+            trust_remote_code=cfg.tunelab.trust_remote_code,
+            attn_implementation=cfg.tunelab.attn_implementation,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
+        self.model = apply_lora(base, cfg.peft_config)
+        self.layout = self._layout()
+        self.stream = BatchStream(train.samples, self.layout, args.seed)
+        per_epoch = self.stream.micro_batches_per_epoch()
+        ga = args.gradient_accumulation_steps
+        self.max_steps = (
+            args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch / ga)
+        )
+        self.intervals = {
+            name: _interval(getattr(args, f"{name}_steps"), self.max_steps) if on else 0
+            for name, on in (
+                ("logging", args.logging_strategy == "steps"),
+                ("eval", "validation" in self.files),
+                ("save", args.save_strategy == "steps"),
+            )
+        }
+        if args.eval_steps is None and self.intervals["eval"]:
+            self.intervals["eval"] = _interval(args.logging_steps, self.max_steps)
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            weight_decay=args.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        from transformers import get_scheduler
+
+        warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.max_steps)
+        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, warmup, self.max_steps)
+        resumed_from = self._restore()
+        trainable = sum(p.numel() for p in params)
+        total = sum(p.numel() for p in self.model.parameters())
+        log.info(
+            "trainable params: %d || all params: %d || trainable%%: %.4f",
+            trainable,
+            total,
+            100 * trainable / total,
+        )
+        self.metrics.emit(
+            "start",
+            max_steps=self.max_steps,
+            resumed_from=resumed_from,
+            model=self.base_model_name,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            packing=self.layout.name,
+            chat_format=self.format.name,
+            trainable_params=trainable,
+            total_params=total,
+            train_samples=len(train.samples),
+            val_samples=len(self.data["validation"].samples) if "validation" in self.data else 0,
+            truncated_prompts=train.truncated_prompts,
+            truncated_answers=train.truncated_answers,
+        )
+
+    def _layout(self) -> Layout:
+        bs = self.cfg.training_args.per_device_train_batch_size
+        if not self.cfg.tunelab.packing:
+            return PaddedLayout(bs, self.pad_id)
+        mode = choose_packing_mode(self.model, self.device, self._autocast)
+        length = self.cfg.tunelab.pack_length or self.cfg.max_length
+        log.info("packing samples into rows of %d tokens (%s)", length, mode)
+        return PackedLayout(bs, length, self.pad_id, mode)
+
+    def _restore(self) -> int | None:
+        self.checkpoints.remove_stale_temporaries()
+        if self.resume == "no":
+            for path in self.checkpoints.remove_all():
+                log.warning("starting over as asked: removed %s", path)
+            for name in ("adapter_config.json", "run_summary.json"):  # an earlier run's final adapter
+                (self.output_dir / name).unlink(missing_ok=True)
+            return None
+        if isinstance(self.resume, int):
+            path = self.checkpoints.find(self.resume)
+        else:
+            found = self.checkpoints.latest()
+            if found is None:
+                return None
+            path = found[1]
+        self._check_compatible(ckpt.read_state(path), path)
+        state = ckpt.load_training_state(path, self.model, self.optimizer, self.scheduler)
+        self.step = int(state["step"])
+        log.info("resumed from %s (step %d of %d)", path, self.step, self.max_steps)
+        return self.step
+
+    def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another LoRA shape; warn where resuming would not continue the same run."""
+        old, mine = state.get("config", {}), self.cfg.to_dict()
+        shape = ("r", "lora_alpha", "target_modules", "use_rslora")
+        theirs = {k: old.get("peft_config", {}).get(k) for k in shape}
+        if theirs != {k: mine["peft_config"][k] for k in shape}:
+            raise CheckpointError(
+                f"{path} was trained with peft_config {theirs}, which this config changes; pass `no` to "
+                "start over, or use another training_args.output_dir"
+            )
+        if state.get("base_model") != self.base_model_name:
+            log.warning(
+                "%s was trained on base model %r, not %r", path, state.get("base_model"), self.base_model_name
+            )
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "seed"):
+            if old.get("training_args", {}).get(key) != mine["training_args"][key]:
+                log.warning("%s differs from %s: the data order after resuming is not the same", key, path)
+
+    # ---------------------------------------------------------------- train
+    def train(self) -> None:
+        args = self.cfg.training_args
+        ga = args.gradient_accumulation_steps
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
+        progress = Progress(self.step, self.max_steps)
+        batches = self.stream.iterate(start=self.step * ga)
+        epoch = 0.0
+        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        self.model.train()
+        try:
+            while self.step < self.max_steps:
+                micro = [next(batches) for _ in range(ga)]
+                epoch = micro[-1][0]
+                label_tokens = max(sum(b.num_label_tokens for _, b in micro), 1)
+                total = torch.zeros((), device=self.device)
+                for _, batch in micro:
+                    with self._autocast():
+                        loss = loss_sum(self.model, batch.to(self.device))
+                    (loss / label_tokens).backward()
+                    total += loss.detach()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                lr = self.scheduler.get_last_lr()[0]
+                step_loss = (total / label_tokens).item()  # the one host sync per step
+                norm = float(grad_norm)
+                check_finite(step_loss, norm, self.step + 1, lr)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                progress.add(
+                    sum(b.num_tokens for _, b in micro),
+                    sum(b.num_samples for _, b in micro),
+                    step_loss * label_tokens,
+                    label_tokens,
+                )
+                self._maybe_log_eval_save(progress, epoch, lr, norm)
+                if self._stop_signal is not None:
+                    self.save_checkpoint(epoch)
+                    self.metrics.emit("stopped", step=self.step, reason=f"signal {self._stop_signal}")
+                    raise StopRequested(f"stopped by signal {self._stop_signal} at step {self.step}")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if self.intervals["save"] and self.step % self.intervals["save"] != 0:
+            self.save_checkpoint(epoch)
+        self.save_final()
+
+    def _maybe_log_eval_save(self, progress: Progress, epoch: float, lr: float, grad_norm: float) -> None:
+        due = {name: every and self.step % every == 0 for name, every in self.intervals.items()}
+        if due["logging"] or (self.step == self.max_steps and self.intervals["logging"]):
+            fields = progress.window(self.step)
+            self.metrics.emit(
+                "train",
+                step=self.step,
+                max_steps=self.max_steps,
+                epoch=epoch,
+                lr=lr,
+                grad_norm=grad_norm,
+                gpu_memory_gb=gpu_memory_gb(self.device),
+                **fields,
+            )
+            log.info("step %d/%d loss %.4f lr %.3g", self.step, self.max_steps, fields["loss"], lr)
+        with progress.pause():
+            if due["eval"]:
+                self.evaluate("validation")
+            if due["save"]:
+                self.save_checkpoint(epoch)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+        self._stop_signal = signum
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.bfloat16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------- evaluate
+    def evaluate(self, split: str) -> dict[str, float]:
+        args, samples = self.cfg.training_args, self.data[split].samples
+        batch_size = args.per_device_eval_batch_size or args.per_device_train_batch_size
+        self.model.eval()
+        try:
+            scores = {
+                "loss": eval_loss(self.model, samples, batch_size, self.pad_id, self.device, self._autocast)
+            }
+            rows = samples[: self.cfg.tunelab.eval_max_samples]
+            if args.predict_with_generate and rows:
+                predictions = generate(
+                    self.model,
+                    self.tokenizer,
+                    rows,
+                    batch_size,
+                    self._generation(),
+                    self.device,
+                    self._autocast,
+                )
+                scores |= similarity(predictions, [s.answer for s in rows])
+                scores["generated"] = len(rows)
+        finally:
+            self.model.train()
+        self.metrics.emit("eval", step=self.step, split=split, samples=len(samples), **scores)
+        log.info("%s at step %d: %s", split, self.step, {k: round(v, 4) for k, v in scores.items()})
+        return scores
+
+    def _generation(self) -> dict[str, Any]:
+        wanted = dict(self.cfg.training_args.generation_config or {})
+        cap = self.cfg.tunelab.eval_max_new_tokens
+        wanted["max_new_tokens"] = min(wanted.get("max_new_tokens", 512), cap or 1 << 30)
+        gen = copy.deepcopy(self.model.generation_config)
+        gen.update(**wanted)
+        gen.eos_token_id = stop_token_ids(self.tokenizer, gen.eos_token_id)
+        gen.use_cache = True
+        return {"generation_config": gen}
+
+    # ---------------------------------------------------------------- save
+    def save_checkpoint(self, epoch: float) -> Path:
+        def write(tmp: Path) -> None:
+            ckpt.write_training_state(tmp, self.model, self.optimizer, self.scheduler, self.base_model_name)
+            state: dict[str, Any] = {"step": self.step, "max_steps": self.max_steps, "epoch": epoch}
+            state |= {"base_model": self.base_model_name, "config": self.cfg.to_dict()}
+            ckpt.write_state(tmp, state)  # last: it marks the checkpoint complete
+
+        path = self.checkpoints.save(self.step, write)
+        self.metrics.emit("checkpoint", step=self.step, path=str(path))
+        return path
+
+    def save_final(self) -> None:
+        """The adapter at the root of output_dir, then the test split and the optional merged model."""
+        ckpt.publish_adapter(self.model, self.tokenizer, self.output_dir, self.base_model_name)
+        summary: dict[str, Any] = {"base_model": self.base_model_name, "steps": self.step}
+        summary["chat_format"] = self.format.name
+        if "test" in self.data:
+            summary["test"] = self.evaluate("test")
+        if self.cfg.tunelab.merge_adapter:
+            summary["merged_dir"] = str(ckpt.save_merged(self.model, self.tokenizer, self.output_dir))
+        (self.output_dir / "run_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+        self.metrics.emit("done", step=self.step, adapter_dir=str(self.output_dir))
+
+    def cleanup(self) -> None:
+        self.__dict__.pop("model", None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        close = getattr(self.metrics, "close", None)
+        if close is not None:
+            close()
+
+
+# -------------------------------------------------------------------- helpers
+def _interval(value: float | None, total: int) -> int:
+    """transformers' *_steps: a whole number of steps, or a fraction (< 1) of the total."""
+    if value is None:
+        return 0
+    return max(1, math.ceil(value * total)) if value < 1 else int(value)
