@@ -7,10 +7,11 @@ PY        := $(VENV)/bin/python
 UV        := $(VENV)/bin/uv
 BUF       := tools/node_modules/.bin/buf
 # Services installed into the development environment (editable). Each is its own distribution.
-SERVICES  := services/common services/datasets services/cli
+SERVICES  := services/common services/datasets services/environments services/trainer services/gateway services/engine services/cli
 STAMP     := $(VENV)/.installed
+TORCH     ?= torch==2.13.0
 
-.PHONY: help setup tools protos protos-check lint test demo bench-prewarm clean
+.PHONY: help setup tools protos protos-check lint test demo bench-prewarm bench-envbuild bench-gateway clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,6 +21,9 @@ $(PY):
 	$(VENV)/bin/pip install -q uv
 
 $(STAMP): $(PY) requirements-dev.txt $(wildcard services/*/pyproject.toml)
+	# torch first, through pip, unless the venv has one: pip finds a local CPU wheel where the machine
+	# provides one (PIP_FIND_LINKS); uv would fetch a multi-GB CUDA build. Override with TORCH=...
+	$(PY) -c "import torch" 2>/dev/null || $(VENV)/bin/pip install -q "$(TORCH)"
 	$(UV) pip install --python $(PY) -q -r requirements-dev.txt $(addprefix -e ,$(SERVICES))
 	touch $@
 
@@ -57,6 +61,12 @@ demo: setup  ## run the walkthrough on the embedded stack
 
 bench-prewarm: setup  ## prewarm benchmark against rclone and aws s3 sync (writes bench/results/prewarm.json)
 	$(PY) bench/prewarm/run.py
+
+bench-envbuild: setup  ## environment build benchmark against pip and uv (writes bench/results/envbuild.json)
+	$(PY) bench/envbuild/run.py
+
+bench-gateway: setup  ## gateway overhead vs direct, nginx and LiteLLM, with wrk (writes bench/results/gateway.json)
+	$(PY) bench/gateway/run.py
 
 clean:  ## remove the environment and caches
 	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache

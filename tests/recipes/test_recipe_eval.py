@@ -24,7 +24,8 @@ PAIRS = [
 
 @pytest.mark.parametrize(("hyp", "ref"), PAIRS)
 def test_rouge_matches_rouge_chinese(hyp: str, ref: str) -> None:
-    rouge_chinese = pytest.importorskip("rouge_chinese")
+    import rouge_chinese
+
     expected = rouge_chinese.Rouge().get_scores(hyp, ref)[0]
     ours = rouge(hyp.split(), ref.split())
     for key in ("rouge-1", "rouge-2", "rouge-l"):

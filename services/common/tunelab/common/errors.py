@@ -50,3 +50,7 @@ class Unavailable(TunelabError):
 
 class DataLoss(TunelabError):
     """Stored content does not match its recorded hash."""
+
+
+class Unimplemented(TunelabError):
+    """The request is valid for the contract but this server does not support it yet."""

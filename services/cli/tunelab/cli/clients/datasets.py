@@ -8,14 +8,14 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
 
 import grpc
 
-from tunelab.common.storage.blobs import BlobCache, write_verified
+from tunelab.common.storage.blobs import BlobCache
 from tunelab.common.storage.hashing import HashCache
 from tunelab.common.storage.manifest import FileEntry, Manifest, file_mode, walk_files
 from tunelab.common.storage.materialize import MaterializeResult, materialize
+from tunelab.common.storage.remote import RemoteDatasets
 from tunelab.datasets.v1 import datasets_pb2 as pb
 from tunelab.datasets.v1 import datasets_pb2_grpc
 
@@ -36,20 +36,10 @@ def version_name(ref: str) -> str:
     return f"datasets/{ident}/versions/{ver or 'latest'}"
 
 
-class GrpcBlobSource:
-    """Fetches blobs through the datasets service (clients need no object-store credentials)."""
-
-    def __init__(self, stub: datasets_pb2_grpc.DatasetServiceStub) -> None:
-        self._stub = stub
-
-    def fetch(self, sha256: str, size: int, dest: BinaryIO) -> None:
-        chunks = (r.data for r in self._stub.ReadBlob(pb.ReadBlobRequest(sha256=sha256)))
-        write_verified(sha256, size, chunks, dest)
-
-
 class DatasetClient:
     def __init__(self, channel: grpc.Channel, cache_dir: Path, *, address: str = "") -> None:
         self.stub = datasets_pb2_grpc.DatasetServiceStub(channel)
+        self.remote = RemoteDatasets(self.stub)
         self.address = address
         self.cache_dir = cache_dir
         self._hashes: HashCache | None = None
@@ -108,22 +98,8 @@ class DatasetClient:
             yield resp.version
 
     def list_files(self, ref: str) -> Iterator[pb.DatasetFile]:
-        for _, files in self._file_pages(ref):
+        for _, files in self.remote.file_pages(version_name(ref)):
             yield from files
-
-    def _file_pages(self, ref: str) -> Iterator[tuple[str, builtins.list[pb.DatasetFile]]]:
-        token = ""
-        parent = version_name(ref)
-        while True:
-            resp = self.stub.ListDatasetFiles(
-                pb.ListDatasetFilesRequest(parent=parent, page_token=token, page_size=10000)
-            )
-            # Later pages must come from the same version even if a newer one became "latest".
-            parent = resp.version
-            yield resp.version, list(resp.files)
-            token = resp.next_page_token
-            if not token:
-                return
 
     def transform(self, source_ref: str, transform: str, target: str) -> pb.DatasetVersion:
         req = pb.TransformDatasetRequest(
@@ -221,17 +197,12 @@ class DatasetClient:
     ) -> MaterializeResult:
         """Materializes a version into ``directory`` (verified, cached; atomic). Files are read-only
         hard links into the local cache unless ``copy`` asks for writable copies."""
-        files: builtins.list[FileEntry] = []
-        resolved = ""
-        for version, page in self._file_pages(ref):
-            resolved = version
-            files.extend(FileEntry(f.path, f.size, f.sha256, f.mode or 0o644) for f in page)
-        manifest = Manifest(files)
+        resolved, manifest = self.remote.manifest(version_name(ref))
         return materialize(
             manifest,
             directory,
             BlobCache(self.cache_dir / "blobs"),
-            GrpcBlobSource(self.stub),
+            self.remote,
             progress=progress,
             label=f"{resolved}:",
             link=not copy,

@@ -30,6 +30,7 @@ STATUS_OF: dict[type[errors.TunelabError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 # Methods any caller may use without a token: health checks and reflection.

@@ -1,0 +1,82 @@
+"""``python -m tunelab.engine --model DIR [--served-model-name NAME] [--lora-modules NAME=DIR ...]``
+
+Flags follow ``vllm serve`` where they overlap, so the gateway starts both the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tunelab.engine", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model", required=True, help="a Hugging Face model directory (or hub id where reachable)"
+    )
+    p.add_argument("--served-model-name", default="", help="the name clients call the base model by")
+    p.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=DIR", help="LoRA adapters to load")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests"
+    )
+    p.add_argument("--default-max-tokens", type=int, default=16)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+class _Json(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_Json())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    import torch
+    import uvicorn
+
+    from tunelab.engine.app import build_app
+    from tunelab.engine.batcher import Batcher
+    from tunelab.engine.model import ServedModel
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = ServedModel(args.model, args.served_model_name, device, args.dtype, args.trust_remote_code)
+    model.created = int(time.time())
+    for spec in args.lora_modules:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            print(f"--lora-modules {spec!r}: use NAME=DIR", file=sys.stderr)
+            return 2
+        model.load_adapter(name, path)
+    batcher = Batcher(model, args.max_batch_size, args.batch_wait_ms / 1000)
+    batcher.start()
+    logging.getLogger("tunelab.engine").info(
+        "serving %s on %s:%d", ", ".join(model.names()), args.host, args.port
+    )
+    app = build_app(model, batcher, args.default_max_tokens)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    batcher.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Conversions between the GatewayService protos and the gateway's domain values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tunelab.common.errors import InvalidArgument
+from tunelab.gateway.registry import ApiKeyRecord
+from tunelab.gateway.specs import (
+    Adapter,
+    Deployment,
+    DeploymentSpec,
+    ModelSource,
+    ReplicaStatus,
+    Timeouts,
+    UpstreamSpec,
+)
+from tunelab.gateway.v1 import gateway_pb2 as pb
+
+# Fields of Deployment an UpdateDeployment mask may name.
+WRITABLE = (
+    "description",
+    "labels",
+    "model_name",
+    "base_model",
+    "adapters",
+    "default_adapter",
+    "upstream",
+    "replicas",
+    "max_in_flight",
+    "timeouts",
+)
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def source_from_pb(msg: pb.ModelSource) -> ModelSource:
+    return ModelSource(msg.dataset_version, msg.path, msg.subpath)
+
+
+def source_to_pb(src: ModelSource) -> pb.ModelSource:
+    msg = pb.ModelSource(subpath=src.subpath, resolved_version=src.resolved_version)
+    if src.dataset_version:
+        msg.dataset_version = src.dataset_version
+    elif src.path:
+        msg.path = src.path
+    return msg
+
+
+def _seconds(d: Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _duration(seconds: float) -> Duration | None:
+    if not seconds:
+        return None
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def upstream_from_pb(msg: pb.Upstream) -> UpstreamSpec:
+    kind = msg.WhichOneof("kind")
+    if kind == "vllm":
+        v = msg.vllm
+        return UpstreamSpec("vllm", tuple(v.base_urls), v.api_key, v.model_dir)
+    if kind == "embedded":
+        e = msg.embedded
+        return UpstreamSpec("embedded", device=e.device, dtype=e.dtype, max_batch_size=e.max_batch_size)
+    raise InvalidArgument("deployment.upstream: set vllm (with base_urls) or embedded")
+
+
+def upstream_to_pb(up: UpstreamSpec) -> pb.Upstream:
+    """The upstream without its api_key (write-only)."""
+    if up.kind == "vllm":
+        return pb.Upstream(vllm=pb.VllmUpstream(base_urls=up.base_urls, model_dir=up.model_dir))
+    return pb.Upstream(
+        embedded=pb.EmbeddedUpstream(device=up.device, dtype=up.dtype, max_batch_size=up.max_batch_size)
+    )
+
+
+def spec_from_pb(
+    deployment_id: str, d: pb.Deployment, current_upstream: UpstreamSpec | None = None
+) -> DeploymentSpec:
+    t = d.timeouts
+    keep = current_upstream is not None and not d.HasField("upstream")
+    return DeploymentSpec(
+        id=deployment_id,
+        model_name=d.model_name,
+        base=source_from_pb(d.base_model),
+        upstream=current_upstream if keep and current_upstream else upstream_from_pb(d.upstream),
+        adapters=tuple(Adapter(a.name, source_from_pb(a.source)) for a in d.adapters),
+        default_adapter=d.default_adapter,
+        replicas=d.replicas,
+        max_in_flight=d.max_in_flight,
+        timeouts=Timeouts(_seconds(t.connect), _seconds(t.first_token), _seconds(t.idle), _seconds(t.total)),
+        description=d.description,
+        labels=dict(d.labels),
+    )
+
+
+def merge_update(current: DeploymentSpec, d: pb.Deployment, paths: list[str]) -> DeploymentSpec:
+    """``current`` with the fields in ``paths`` (every writable one when empty) taken from ``d``."""
+    unknown = sorted(set(paths) - set(WRITABLE))
+    if unknown:
+        raise InvalidArgument(
+            f"update_mask: {', '.join(unknown)} cannot be changed; writable: {', '.join(WRITABLE)}"
+        )
+    new = spec_from_pb(current.id, d, current.upstream)
+    if not paths:
+        return new
+    renamed = {"base_model": "base"}
+    return current.with_changes(**{renamed.get(p, p): getattr(new, renamed.get(p, p)) for p in paths})
+
+
+STATE = {
+    name: getattr(pb.Deployment.State, f"STATE_{name}")
+    for name in ("PENDING", "LOADING", "READY", "DEGRADED", "FAILED", "DELETING")
+}
+
+
+def replica_to_pb(r: ReplicaStatus, in_flight: int) -> pb.ReplicaStatus:
+    return pb.ReplicaStatus(
+        url=r.url,
+        healthy=r.healthy,
+        models=r.models,
+        error=r.error,
+        in_flight=in_flight,
+        last_check_time=timestamp(r.last_check_time),
+    )
+
+
+def deployment_to_pb(dep: Deployment, in_flight: Callable[[str], int] = lambda _: 0) -> pb.Deployment:
+    s, st = dep.spec, dep.status
+    t = s.timeouts
+    return pb.Deployment(
+        name=s.name,
+        description=s.description,
+        labels=s.labels,
+        model_name=s.model_name,
+        base_model=source_to_pb(s.base),
+        adapters=[pb.LoraAdapter(name=a.name, source=source_to_pb(a.source)) for a in s.adapters],
+        default_adapter=s.default_adapter,
+        upstream=upstream_to_pb(s.upstream),
+        replicas=s.replicas,
+        max_in_flight=s.max_in_flight,
+        timeouts=pb.Timeouts(
+            connect=_duration(t.connect),
+            first_token=_duration(t.first_token),
+            idle=_duration(t.idle),
+            total=_duration(t.total),
+        ),
+        state=STATE[st.state],
+        error=st.error,
+        replica_statuses=[replica_to_pb(r, in_flight(r.url)) for r in st.replicas],
+        served_model_names=s.served_names(),
+        create_time=timestamp(st.create_time),
+        update_time=timestamp(st.update_time),
+        ready_time=timestamp(st.ready_time),
+    )
+
+
+def api_key_to_pb(rec: ApiKeyRecord) -> pb.ApiKey:
+    return pb.ApiKey(
+        name=rec.name,
+        display_name=rec.display_name,
+        secret_prefix=rec.secret_prefix,
+        models=rec.models,
+        state=pb.ApiKey.STATE_EXPIRED if rec.expired() else pb.ApiKey.STATE_ACTIVE,
+        create_time=timestamp(rec.create_time),
+        expire_time=timestamp(rec.expire_time),
+        last_used_time=timestamp(rec.last_used_time),
+    )

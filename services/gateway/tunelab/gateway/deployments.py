@@ -1,0 +1,272 @@
+"""Deployments: create, change, delete and watch them; load them in the background; check their
+replicas; publish the route table the HTTP side reads.
+
+Threads: loads run on a small pool, health checks on one loop thread; every change of a
+deployment bumps its revision and wakes watchers. The HTTP event loop never waits on this class:
+it only reads the route table this class publishes to the :class:`Router`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tunelab.common.errors import NotFound
+from tunelab.gateway.loading import Loader, Replicas, load_error
+from tunelab.gateway.metrics import GatewayMetrics
+from tunelab.gateway.registry import Registry
+from tunelab.gateway.routing import PhaseTimeouts, Route, Router, RouteTable
+from tunelab.gateway.specs import ROUTABLE, Deployment, DeploymentSpec, DeploymentStatus, ReplicaStatus
+from tunelab.gateway.validation import check_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Runtime:
+    spec: DeploymentSpec
+    status: DeploymentStatus
+    replicas: Replicas | None = None
+    revision: int = 0
+    generation: int = 0  # bumped by every (re)load; a stale load's result is dropped
+
+    def view(self) -> Deployment:
+        return Deployment(self.spec, self.status, self.revision)
+
+
+class DeploymentManager:
+    def __init__(
+        self,
+        registry: Registry,
+        loader: Loader,
+        router: Router,
+        metrics: GatewayMetrics,
+        timeouts: PhaseTimeouts,
+        *,
+        max_in_flight: int = 256,
+        health_interval_s: float = 5.0,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self.registry, self.loader, self.router, self.metrics = registry, loader, router, metrics
+        self.timeouts, self.max_in_flight = timeouts, max_in_flight
+        self.health_interval_s, self.drain_timeout_s = health_interval_s, drain_timeout_s
+        self._runtimes: dict[str, _Runtime] = {}
+        self._changed = threading.Condition(threading.RLock())
+        self._loads = ThreadPoolExecutor(2, thread_name_prefix="deploy-load")
+        self._stop = threading.Event()
+        self._health = threading.Thread(target=self._health_loop, name="deploy-health", daemon=True)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Reloads the deployments stored by an earlier run and starts the health checks."""
+        for stored in self.registry.deployments():
+            status = DeploymentStatus("PENDING", "", (), stored.create_time, time.time(), stored.ready_time)
+            self._runtimes[stored.spec.id] = rt = _Runtime(stored.spec, status)
+            self._submit_load(rt)
+        self._health.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._loads.shutdown(wait=False, cancel_futures=True)
+        with self._changed:
+            runtimes = list(self._runtimes.values())
+        for rt in runtimes:
+            if rt.replicas is not None:
+                for engine in rt.replicas.engines:
+                    engine.stop()
+
+    # -- the API ------------------------------------------------------------------------------
+    def create(self, spec: DeploymentSpec) -> Deployment:
+        with self._changed:
+            spec = check_spec(spec, [r.spec for r in self._runtimes.values()])
+            now = time.time()
+            self.registry.add_deployment(spec, now)
+            rt = self._runtimes[spec.id] = _Runtime(spec, DeploymentStatus("PENDING", "", (), now, now))
+            self._submit_load(rt)
+            return rt.view()
+
+    def get(self, deployment_id: str) -> Deployment:
+        with self._changed:
+            return self._runtime(deployment_id).view()
+
+    def list(self, page_token: str = "", page_size: int = 0) -> tuple[list[Deployment], str]:
+        size = page_size if 0 < page_size <= 1000 else 100
+        with self._changed:
+            ids = sorted(i for i in self._runtimes if i > page_token)
+            page = [self._runtimes[i].view() for i in ids[:size]]
+        return page, (ids[size - 1] if len(ids) > size else "")
+
+    def update(self, spec: DeploymentSpec) -> Deployment:
+        """Replaces the spec (already merged with the update mask) and reloads the deployment."""
+        with self._changed:
+            rt = self._runtime(spec.id)
+            others = [r.spec for r in self._runtimes.values() if r.spec.id != spec.id]
+            spec = check_spec(spec, others)
+            old, rt.spec = rt.replicas, spec
+            rt.replicas = None
+            self._set(rt, "PENDING", "", ())
+            self._submit_load(rt, stop_first=old)
+            return rt.view()
+
+    def delete(self, deployment_id: str) -> None:
+        """Stops routing, lets in-flight requests finish (up to the drain timeout), unloads."""
+        with self._changed:
+            rt = self._runtime(deployment_id)
+            rt.generation += 1
+            self._set(rt, "DELETING", "", rt.status.replicas)
+        deadline = time.monotonic() + self.drain_timeout_s
+        while self.router.deployment_in_flight.get(deployment_id, 0) > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if rt.replicas is not None:
+            self.loader.unload(rt.spec, rt.replicas)
+        with self._changed:
+            self.registry.remove_deployment(deployment_id)
+            del self._runtimes[deployment_id]
+            rt.revision += 1
+            self._changed.notify_all()
+        self.metrics.forget_deployment(deployment_id)
+        self._publish()
+
+    def watch(
+        self, deployment_id: str, active: Callable[[], bool] = lambda: True, poll_s: float = 1.0
+    ) -> Iterator[Deployment]:
+        """The deployment now and after each change; ends when it is deleted or ``active()`` turns
+        false (checked at least every ``poll_s``)."""
+        seen = -1
+        while active() and not self._stop.is_set():
+            with self._changed:
+                rt = self._runtimes.get(deployment_id)
+                if rt is None:
+                    if seen < 0:
+                        raise NotFound(f"deployment {deployment_id!r} does not exist")
+                    return
+                if rt.revision == seen:
+                    self._changed.wait(poll_s)
+                    continue
+                seen, view = rt.revision, rt.view()
+            yield view
+
+    # -- internals ----------------------------------------------------------------------------
+    def _runtime(self, deployment_id: str) -> _Runtime:
+        rt = self._runtimes.get(deployment_id)
+        if rt is None:
+            raise NotFound(f"deployment {deployment_id!r} does not exist; `tunelab model ls` lists them")
+        return rt
+
+    def _set(self, rt: _Runtime, state: str, error: str, replicas: tuple[ReplicaStatus, ...]) -> None:
+        """Records a new status (caller holds the lock), persists it, wakes watchers, republishes."""
+        now = time.time()
+        ready = now if state == "READY" and rt.status.state != "READY" else rt.status.ready_time
+        rt.status = DeploymentStatus(state, error, replicas, rt.status.create_time, now, ready)
+        rt.revision += 1
+        if state != "DELETING":
+            self.registry.save_deployment(rt.spec, state, error, now, ready)
+        healthy = sum(r.healthy for r in replicas)
+        self.metrics.set_replicas(rt.spec.id, healthy, len(replicas) - healthy)
+        self._changed.notify_all()
+        self._publish()
+
+    def _submit_load(self, rt: _Runtime, stop_first: Replicas | None = None) -> None:
+        rt.generation += 1
+        self._loads.submit(self._load, rt, rt.generation, rt.spec, stop_first)
+
+    def _load(self, rt: _Runtime, generation: int, spec: DeploymentSpec, stop_first: Replicas | None) -> None:
+        if stop_first is not None:
+            self.loader.unload(spec, stop_first)
+        with self._changed:
+            if rt.generation != generation:
+                return
+            self._set(rt, "LOADING", "", ())
+        try:
+            spec, replicas = self.loader.load(spec)
+            statuses = self.loader.wait_ready(spec, replicas)
+        except Exception as exc:
+            log.warning(
+                "deployment %s failed to load: %s", rt.spec.id, exc, exc_info=not isinstance(exc, OSError)
+            )
+            with self._changed:
+                if rt.generation == generation:
+                    self._set(rt, "FAILED", load_error(exc), ())
+            return
+        with self._changed:
+            if rt.generation != generation:
+                self.loader.unload(spec, replicas)
+                return
+            rt.spec, rt.replicas = spec, replicas
+            self._apply_health(rt, tuple(statuses), initial=True)
+
+    def _apply_health(self, rt: _Runtime, statuses: tuple[ReplicaStatus, ...], initial: bool = False) -> None:
+        healthy = [s for s in statuses if s.healthy]
+        errors = "; ".join(f"{s.url}: {s.error}" for s in statuses if not s.healthy)
+        if len(healthy) == len(statuses):
+            state, error = "READY", ""
+        elif healthy or not initial:
+            state, error = "DEGRADED", errors
+        else:
+            state, error = "FAILED", errors or "no replica became healthy"
+
+        def key(s: ReplicaStatus) -> tuple[object, ...]:
+            return (s.url, s.healthy, s.models, s.error)
+
+        same = [key(s) for s in statuses] == [key(s) for s in rt.status.replicas]
+        if same and (state, error) == (rt.status.state, rt.status.error):
+            rt.status = replace(rt.status, replicas=statuses)  # only the check times moved
+            return
+        if state != rt.status.state:
+            log.info("deployment %s is %s", rt.spec.id, state, extra={"error": error})
+        self._set(rt, state, error, statuses)
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(self.health_interval_s):
+            with self._changed:
+                todo = [
+                    (rt, rt.generation)
+                    for rt in self._runtimes.values()
+                    if rt.status.state in ("READY", "DEGRADED")
+                ]
+            for rt, generation in todo:
+                if rt.replicas is None:
+                    continue
+                statuses = tuple(self.loader.check(rt.spec, rt.replicas, url) for url in rt.replicas.urls)
+                with self._changed:
+                    if rt.generation == generation and rt.status.state in ("READY", "DEGRADED"):
+                        self._apply_health(rt, statuses)
+
+    def _publish(self) -> None:
+        routes: dict[str, Route] = {}
+        ready: dict[str, bool] = {}
+        for rt in self._runtimes.values():
+            spec, status = rt.spec, rt.status
+            if status.state == "DELETING":
+                continue
+            ready[spec.id] = status.state in ("READY", "DEGRADED") and any(r.healthy for r in status.replicas)
+            if status.state not in ROUTABLE or rt.replicas is None:
+                continue
+            t = spec.timeouts
+            base = rt.replicas.base_name or spec.model_name
+            common: dict[str, Any] = dict(
+                deployment=spec.id,
+                urls=tuple(rt.replicas.urls),
+                healthy=frozenset(s.url for s in status.replicas if s.healthy),
+                state=status.state,
+                max_in_flight=spec.max_in_flight or self.max_in_flight,
+                timeouts=PhaseTimeouts(
+                    t.connect or self.timeouts.connect,
+                    t.first_token or self.timeouts.first_token,
+                    t.idle or self.timeouts.idle,
+                    t.total or self.timeouts.total,
+                ),
+                api_key=spec.upstream.api_key,
+                created=int(status.create_time),
+            )
+            routes[spec.model_name] = Route(
+                model=spec.model_name, upstream_model=spec.default_adapter or base, **common
+            )
+            for a in spec.adapters:
+                routes[a.name] = Route(model=a.name, upstream_model=a.name, parent=spec.model_name, **common)
+        self.router.publish(RouteTable(routes, ready))

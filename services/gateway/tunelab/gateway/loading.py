@@ -1,0 +1,178 @@
+"""Bringing a deployment's replicas up and checking them: materialize weights, start embedded
+engines or find the vLLM servers, load LoRA adapters, and tell healthy from not (``/health`` 200
+and every served name listed by ``/v1/models``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tunelab.common.errors import FailedPrecondition, TunelabError
+from tunelab.gateway.engines import EngineLauncher, EngineProcess
+from tunelab.gateway.models import ModelFetcher
+from tunelab.gateway.specs import Adapter, DeploymentSpec, ReplicaStatus
+from tunelab.gateway.upstream.control import ReplicaClient, ServedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Replicas:
+    """What a loaded deployment runs on."""
+
+    urls: list[str]
+    base_candidates: set[str]  # names or paths the replicas may list the base model under
+    adapter_paths: dict[str, str]  # adapter name → path as the replica sees it
+    engines: list[EngineProcess] = field(default_factory=list)
+    base_name: str = ""  # the base model's name on the replicas, once seen
+
+
+class Loader:
+    def __init__(
+        self,
+        fetcher: ModelFetcher,
+        launcher: EngineLauncher,
+        load_timeout_s: float,
+        health_timeout_s: float = 5.0,
+    ) -> None:
+        self.fetcher = fetcher
+        self.launcher = launcher
+        self.load_timeout_s = load_timeout_s
+        self.health_timeout_s = health_timeout_s
+
+    def load(self, spec: DeploymentSpec) -> tuple[DeploymentSpec, Replicas]:
+        """Materializes weights and starts or finds the replicas; returns the spec with resolved
+        dataset versions. Does not wait for health (see ``wait_ready``)."""
+        base_path, base_version = self.fetcher.resolve(spec.base)
+        adapters, paths = [], {}
+        for a in spec.adapters:
+            path, version = self.fetcher.resolve(a.source)
+            adapters.append(Adapter(a.name, replace(a.source, resolved_version=version)))
+            paths[a.name] = path
+        spec = spec.with_changes(
+            base=replace(spec.base, resolved_version=base_version), adapters=tuple(adapters)
+        )
+        up = spec.upstream
+        if up.kind == "embedded":
+            engines = [
+                self.launcher.start(f"{spec.id}-{i}", base_path, spec.model_name, paths, up)
+                for i in range(max(1, spec.replicas))
+            ]
+            return spec, Replicas(
+                [e.url for e in engines], {spec.model_name}, {k: str(v) for k, v in paths.items()}, engines
+            )
+        seen = {n: self._upstream_path(p, up.model_dir) for n, p in paths.items()}
+        base = {spec.model_name, self._upstream_path(base_path, up.model_dir)}
+        if spec.base.path:
+            base.add(spec.base.path)
+        return spec, Replicas(list(up.base_urls), base, seen)
+
+    def _upstream_path(self, local: Path, model_dir: str) -> str:
+        if model_dir:
+            try:
+                return str(Path(model_dir) / local.relative_to(self.fetcher.root))
+            except ValueError:
+                pass
+        return str(local)
+
+    def wait_ready(self, spec: DeploymentSpec, replicas: Replicas) -> list[ReplicaStatus]:
+        """Checks every replica: vLLM servers (running already) once; embedded engines until all are
+        healthy, one has exited, or the load timeout. The health loop takes over from there."""
+        deadline = time.monotonic() + self.load_timeout_s
+        while True:
+            statuses = [self.check(spec, replicas, url) for url in replicas.urls]
+            exited = [e for e in replicas.engines if e.exited() is not None]
+            if (
+                all(s.healthy for s in statuses)
+                or not replicas.engines
+                or exited
+                or time.monotonic() > deadline
+            ):
+                return statuses
+            time.sleep(0.5)
+
+    def check(self, spec: DeploymentSpec, replicas: Replicas, url: str) -> ReplicaStatus:
+        engine = next((e for e in replicas.engines if e.url == url), None)
+        if engine is not None and (code := engine.exited()) is not None:
+            return ReplicaStatus(
+                url,
+                False,
+                error=f"engine exited with {code}: {engine.log_tail()}",
+                last_check_time=time.time(),
+            )
+        client = ReplicaClient(url, spec.upstream.api_key, timeout_s=self.health_timeout_s)
+        try:
+            client.health()
+            served = client.models()
+            missing = self._ensure_adapters(client, spec, replicas, served)
+            if missing is None:
+                served = client.models()
+                missing = self._missing(spec, replicas, served)
+            if missing:
+                raise FailedPrecondition(missing)
+            return ReplicaStatus(url, True, tuple(m.id for m in served), last_check_time=time.time())
+        except TunelabError as exc:
+            return ReplicaStatus(url, False, error=exc.message, last_check_time=time.time())
+        finally:
+            client.close()
+
+    def _missing(self, spec: DeploymentSpec, replicas: Replicas, served: list[ServedModel]) -> str:
+        """What the replica lacks, as a message with the fix; empty when it serves everything."""
+        base = next(
+            (m.id for m in served if m.id in replicas.base_candidates or m.root in replicas.base_candidates),
+            "",
+        )
+        if not base:
+            listed = ", ".join(m.id for m in served) or "nothing"
+            want = sorted(replicas.base_candidates - {spec.model_name})
+            return (
+                f"the replica serves {listed}, not the base model of {spec.model_name!r}; start vLLM "
+                f"with `vllm serve {want[0] if want else 'BASE'} --served-model-name {spec.model_name} "
+                "--enable-lora`"
+            )
+        replicas.base_name = base
+        ids = {m.id for m in served}
+        lacking = [a.name for a in spec.adapters if a.name not in ids]
+        if lacking:
+            mods = " ".join(f"{n}={replicas.adapter_paths[n]}" for n in lacking)
+            return (
+                f"adapters {', '.join(lacking)} are not loaded; start vLLM with --enable-lora "
+                f"--lora-modules {mods}"
+            )
+        return ""
+
+    def _ensure_adapters(
+        self, client: ReplicaClient, spec: DeploymentSpec, replicas: Replicas, served: list[ServedModel]
+    ) -> str | None:
+        """Loads adapters the replica lacks (vLLM restarted, or runtime loading); None when it
+        loaded any (list again), else the message of what is missing."""
+        ids = {m.id for m in served}
+        lacking = [a.name for a in spec.adapters if a.name not in ids]
+        if not lacking:
+            return self._missing(spec, replicas, served)
+        for name in lacking:
+            client.load_adapter(name, replicas.adapter_paths[name])
+            log.info("loaded adapter %s into %s", name, client.base_url)
+        return None
+
+    def unload(self, spec: DeploymentSpec, replicas: Replicas, grace_s: float = 10.0) -> None:
+        for engine in replicas.engines:
+            engine.stop(grace_s)
+        if spec.upstream.kind == "vllm":
+            for url in replicas.urls:
+                client = ReplicaClient(url, spec.upstream.api_key)
+                try:
+                    for a in spec.adapters:
+                        client.unload_adapter(a.name)
+                finally:
+                    client.close()
+
+
+def load_error(exc: BaseException) -> str:
+    if isinstance(exc, TunelabError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"unexpected {type(exc).__name__}: {exc}"

@@ -1,0 +1,125 @@
+"""Model name → the replicas that serve it, and which replica takes the next request.
+
+The control plane (deployments, health checks; threads) publishes a :class:`RouteTable` of plain
+values; the data plane (the HTTP event loop) reads the latest one on every request. A table is
+never changed after it is published, so the swap is the only synchronisation needed.
+
+Replica state the data plane owns (connection pools, requests in flight) lives in
+:class:`Router`, keyed by URL, and survives republishing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunelab.common.errors import NotFound
+from tunelab.gateway.errors import ModelNotReady, Overloaded
+from tunelab.gateway.upstream.http1 import Http1Pool
+
+
+@dataclass(frozen=True)
+class PhaseTimeouts:
+    connect: float
+    first_token: float
+    idle: float
+    total: float
+
+
+@dataclass(frozen=True)
+class Route:
+    """How to call one served model name."""
+
+    model: str  # the name the client called
+    deployment: str  # deployment id (the in-flight limit is per deployment)
+    upstream_model: str  # the name the replicas know it by
+    urls: tuple[str, ...]  # every replica
+    healthy: frozenset[str]  # the replicas to route to now
+    state: str
+    max_in_flight: int
+    timeouts: PhaseTimeouts
+    api_key: str = ""
+    version: str = "1"
+    created: int = 0
+    parent: str = ""  # for an adapter: the base model's served name
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    routes: dict[str, Route] = field(default_factory=dict)
+    # deployment id → whether it can answer now (some replica healthy); for /v2/health/ready
+    ready: dict[str, bool] = field(default_factory=dict)
+
+    def get(self, model: str) -> Route | None:
+        return self.routes.get(model)
+
+
+class Replica:
+    __slots__ = ("in_flight", "pool", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pool = Http1Pool(url)
+        self.in_flight = 0
+
+
+class Router:
+    """Picks replicas (least outstanding requests) and enforces the per-deployment in-flight limit."""
+
+    def __init__(self, retry_after_s: int = 1) -> None:
+        self.table = RouteTable()
+        self.retry_after_s = retry_after_s
+        self._replicas: dict[str, Replica] = {}
+        self.deployment_in_flight: dict[str, int] = {}
+
+    def publish(self, table: RouteTable) -> None:
+        self.table = table
+
+    def route(self, model: str) -> Route:
+        route = self.table.routes.get(model)
+        if route is None:
+            raise NotFound(
+                f"model {model!r} is not deployed here; `tunelab model ls` lists the served models"
+            )
+        return route
+
+    def admit(self, route: Route) -> None:
+        """Counts a request against its deployment, or refuses it (429) when the deployment is full."""
+        n = self.deployment_in_flight.get(route.deployment, 0)
+        if n >= route.max_in_flight:
+            raise Overloaded(
+                f"model {route.model!r} has {n} requests in flight, its limit; retry shortly",
+                self.retry_after_s,
+            )
+        self.deployment_in_flight[route.deployment] = n + 1
+
+    def release(self, route: Route) -> None:
+        self.deployment_in_flight[route.deployment] -= 1
+
+    def pick(self, route: Route, exclude: set[str] | None = None) -> Replica:
+        """The healthy replica with the fewest requests in flight (ties: first listed)."""
+        best: Replica | None = None
+        for url in route.urls:
+            if url not in route.healthy or (exclude and url in exclude):
+                continue
+            replica = self._replicas.get(url)
+            if replica is None:
+                replica = self._replicas[url] = Replica(url)
+            if best is None or replica.in_flight < best.in_flight:
+                best = replica
+        if best is None:
+            state = route.state.lower()
+            raise ModelNotReady(
+                f"model {route.model!r} has no healthy replica (deployment {state}); "
+                "`tunelab model get` shows why",
+                self.retry_after_s,
+            )
+        return best
+
+    def in_flight(self, url: str) -> int:
+        replica = self._replicas.get(url)
+        return replica.in_flight if replica else 0
+
+    def close(self) -> None:
+        for replica in self._replicas.values():
+            replica.pool.close()
+        self._replicas.clear()

@@ -1,0 +1,136 @@
+"""Assembles the gateway from settings: ``build_gateway(settings)`` → gRPC server (deployments, API
+keys) + HTTP server (the front door) + the domain objects they share."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from tunelab.common.grpc.server import GrpcServer, Registration
+from tunelab.common.state import open_database
+from tunelab.gateway.api.app import build_asgi
+from tunelab.gateway.apikeys import ApiKeys
+from tunelab.gateway.deployments import DeploymentManager
+from tunelab.gateway.engines import EngineLauncher
+from tunelab.gateway.frontdoor import FrontDoor, Limits
+from tunelab.gateway.gpu import GpuCollector
+from tunelab.gateway.http_server import HttpServer
+from tunelab.gateway.loading import Loader
+from tunelab.gateway.metrics import GatewayMetrics
+from tunelab.gateway.models import ModelFetcher
+from tunelab.gateway.registry import Registry, metadata
+from tunelab.gateway.routing import PhaseTimeouts, Router
+from tunelab.gateway.servicer import GatewayServicer
+from tunelab.gateway.settings import GatewaySettings
+from tunelab.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+
+@dataclass
+class Gateway:
+    grpc: GrpcServer
+    http: HttpServer
+    deployments: DeploymentManager
+    keys: ApiKeys
+    router: Router
+    gpu: GpuCollector
+    fetcher: ModelFetcher
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+
+    def start_http(self) -> None:
+        """Everything but the gRPC server: GPU polling, deployments, the HTTP front door."""
+        self.gpu.start()
+        self.deployments.start()
+        self.http.start()
+        threading.Thread(target=self._flush_keys, name="key-usage", daemon=True).start()
+
+    def start(self) -> None:
+        self.start_http()
+        self.grpc.start()
+
+    def _flush_keys(self) -> None:
+        while not self._stop.wait(10):
+            self.keys.flush_usage()
+
+    def close(self) -> None:
+        """Stops everything but the gRPC server (its ``on_stop``)."""
+        self._stop.set()
+        self.http.stop()
+        self.deployments.close()
+        self.keys.flush_usage()
+        self.gpu.stop()
+        self.fetcher.close()
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self.grpc.stop(grace_s)  # calls close()
+
+
+def build_gateway(settings: GatewaySettings) -> Gateway:
+    data_dir = settings.data_dir / "gateway"
+    registry = Registry(open_database(settings.state_url, data_dir / "state.sqlite", metadata))
+    prom = CollectorRegistry()
+    metrics = GatewayMetrics(prom)
+    gpu = GpuCollector(settings.gpu_poll_interval_s)
+    prom.register(gpu)
+    router = Router(settings.retry_after_s)
+    keys = ApiKeys(registry)
+    token = settings.auth_token.get_secret_value()
+    fetcher = ModelFetcher(settings.datasets_addr, token, data_dir / "models")
+    loader = Loader(
+        fetcher, EngineLauncher(settings.engine_python, data_dir / "logs"), settings.load_timeout_s
+    )
+    timeouts = PhaseTimeouts(
+        settings.connect_timeout_s,
+        settings.first_token_timeout_s,
+        settings.idle_timeout_s,
+        settings.total_timeout_s,
+    )
+    deployments = DeploymentManager(
+        registry,
+        loader,
+        router,
+        metrics,
+        timeouts,
+        max_in_flight=settings.max_in_flight,
+        health_interval_s=settings.health_interval_s,
+        drain_timeout_s=settings.drain_timeout_s,
+    )
+    limits = Limits(settings.attempts, settings.default_max_tokens, settings.default_chat_max_tokens)
+    frontdoor = FrontDoor(
+        router,
+        metrics,
+        keys,
+        limits,
+        auth=settings.api_key_auth,
+        service_token=token,
+        open_health=settings.open_health,
+    )
+    http = HttpServer(
+        build_asgi(frontdoor),
+        settings.http_listen_host,
+        settings.http_port,
+        fast=settings.uvloop,
+        grace_s=settings.grace_period_s,
+    )
+    full_name = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+    gateway: Gateway
+    grpc_server = GrpcServer(
+        "gateway",
+        f"{settings.host}:{settings.port}",
+        [
+            Registration(
+                full_name,
+                gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
+                GatewayServicer(deployments, keys, router),
+            )
+        ],
+        auth_token=token,
+        registry=prom,
+        metrics_port=settings.metrics_port or None,
+        on_stop=lambda: gateway.close(),
+    )
+    gateway = Gateway(grpc_server, http, deployments, keys, router, gpu, fetcher)
+    return gateway

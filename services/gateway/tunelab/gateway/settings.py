@@ -1,0 +1,63 @@
+"""Settings of the gateway (``TUNELAB_*``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+from pydantic import Field
+
+from tunelab.common.settings import (
+    DEFAULT_HTTP_PORTS,
+    DEFAULT_METRICS_PORTS,
+    DEFAULT_PORTS,
+    ServiceSettings,
+)
+
+
+class GatewaySettings(ServiceSettings):
+    port: int = Field(default=DEFAULT_PORTS["gateway"], description="gRPC port (TUNELAB_PORT).")
+    metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["gateway"], description="0 disables it.")
+    http_host: str = Field(default="", description="HTTP listen address; empty: the same as `host`.")
+    http_port: int = Field(default=DEFAULT_HTTP_PORTS["gateway"], description="HTTP port of the front door.")
+    datasets_addr: str = Field(
+        default=f"127.0.0.1:{DEFAULT_PORTS['datasets']}",
+        description="host:port of the datasets service, for models given as dataset versions.",
+    )
+    api_key_auth: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="API keys on the generate, OpenAI and Triton routes: on, off, or auto (on when "
+        "TUNELAB_AUTH_TOKEN is set or any API key exists).",
+    )
+    open_health: bool = Field(
+        default=True, description="Health, readiness and /metrics answer without an API key."
+    )
+    # Upstream timeouts (a deployment may override each).
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    first_token_timeout_s: float = Field(default=120.0, gt=0)
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    total_timeout_s: float = Field(default=1800.0, gt=0)
+    attempts: int = Field(default=3, ge=1, le=10, description="Tries per request, before the first byte.")
+    max_in_flight: int = Field(default=256, ge=1, description="Default per-deployment in-flight limit.")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 429 and 503.")
+    default_max_tokens: int = Field(
+        default=16,
+        ge=1,
+        description="max_tokens sent upstream when a completion or Triton request has none "
+        "(vLLM's and OpenAI's default).",
+    )
+    default_chat_max_tokens: int = Field(
+        default=1024, ge=1, description="max_tokens sent upstream when a chat request has none."
+    )
+    health_interval_s: float = Field(default=5.0, gt=0, description="Replica health checks.")
+    load_timeout_s: float = Field(default=600.0, gt=0, description="Longest a replica may take to load.")
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="Wait for in-flight requests on delete.")
+    engine_python: str = Field(
+        default=sys.executable, description="Python that runs embedded engines (needs tunelab-engine)."
+    )
+    gpu_poll_interval_s: float = Field(default=5.0, gt=0, description="NVML polling; off the request path.")
+    uvloop: bool = Field(default=True, description="Serve HTTP on uvloop and httptools where installed.")
+
+    @property
+    def http_listen_host(self) -> str:
+        return self.http_host or self.host
