@@ -5,43 +5,18 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from minio import Minio
 
+from support import S3Server, ServiceProcess, free_port
 from tunelab.common.grpc.channel import open_channel
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class S3Server:
-    endpoint: str
-    access_key: str = "testing"
-    secret_key: str = "testing"
-
-    def client(self) -> Minio:
-        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
-
-    def env(self, bucket: str) -> dict[str, str]:
-        return {
-            "TUNELAB_STORE_URL": f"s3://{bucket}",
-            "TUNELAB_S3_ENDPOINT": self.endpoint,
-            "TUNELAB_S3_ACCESS_KEY": self.access_key,
-            "TUNELAB_S3_SECRET_KEY": self.secret_key,
-            "TUNELAB_S3_SECURE": "false",
-        }
+# The environments tests' fixtures live beside them, in a plugin module (one conftest.py fewer).
+pytest_plugins = ["environments.envfixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -65,64 +40,6 @@ def bucket(moto_server: S3Server, request: pytest.FixtureRequest) -> str:
     if not client.bucket_exists(bucket_name=name):
         client.make_bucket(bucket_name=name)
     return name
-
-
-def wait_serving(address: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    channel = open_channel(address)
-    stub = health_pb2_grpc.HealthStub(channel)
-    try:
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"service exited with {proc.returncode}")
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    finally:
-        channel.close()
-    raise TimeoutError(f"service at {address} did not become SERVING in {timeout}s")
-
-
-@dataclass
-class ServiceProcess:
-    """A tunelab service started as a real process (``python -m tunelab.<name>``)."""
-
-    name: str
-    env: dict[str, str]
-    log: Path
-    address: str = ""
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ServiceProcess:
-        port = free_port()
-        self.address = f"127.0.0.1:{port}"
-        env = {**os.environ, **self.env, "TUNELAB_PORT": str(port), "TUNELAB_METRICS_PORT": "0"}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", f"tunelab.{self.name}"], env=env, stdout=out, stderr=out
-            )
-        wait_serving(self.address, proc=self.proc)
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

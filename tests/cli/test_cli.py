@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from conftest import free_port
+from support import free_port, free_port_base
 from tunelab.cli.commands.sources import S3Options, parse_source, split_ref
 from tunelab.cli.config import load_config
 from tunelab.cli.main import app
@@ -149,7 +149,7 @@ def read_tree(root: Path) -> dict[str, bytes]:
 
 
 def test_up_create_pull_and_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data_dir, port = tmp_path / "stack", free_port()
+    data_dir, port = tmp_path / "stack", free_port_base()
     result = invoke("up", "--data-dir", str(data_dir), "--port-base", str(port), "--metrics-port-base", "0")
     assert result.exit_code == 0, result.output
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from conftest import free_port
+from support import free_port_base
 from tunelab.cli import stack
 from tunelab.cli.main import app
 
@@ -47,11 +47,13 @@ def status(data_dir: Path) -> list[dict[str, object]]:
 
 
 def test_up_is_idempotent_and_down_stops_everything(data_dir: Path) -> None:
-    port = free_port()
+    port = free_port_base()
     first = up(data_dir, port)
     assert first.exit_code == 0, first.output
-    [row] = status(data_dir)
+    rows = {r["service"]: r for r in status(data_dir)}
+    row, env_row = rows["datasets"], rows["environments"]
     assert (row["service"], row["state"], row["health"]) == ("datasets", "running", "SERVING")
+    assert (env_row["state"], env_row["health"]) == ("running", "SERVING")
     assert row["address"] == f"127.0.0.1:{port}"
     pid = int(row["pid"])  # type: ignore[call-overload]
     assert (data_dir / "run" / "datasets.pid").read_text().strip() == str(pid)
@@ -86,7 +88,7 @@ def test_a_service_that_dies_at_start_points_at_its_log(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TUNELAB_STORE_URL", "ftp://nowhere")
-    result = up(data_dir, free_port())
+    result = up(data_dir, free_port_base())
     assert result.exit_code == 1
     assert "datasets exited with status" in result.stderr
     assert str(data_dir / "logs" / "datasets.log") in result.stderr
@@ -100,7 +102,7 @@ def test_a_stale_pid_file_is_replaced_and_a_reused_pid_left_alone(data_dir: Path
         (data_dir / "run").mkdir(parents=True)
         (data_dir / "run" / "datasets.pid").write_text(f"{bystander.pid}\n")
         assert status(data_dir)[0]["state"] == "exited"
-        result = up(data_dir, free_port())
+        result = up(data_dir, free_port_base())
         assert result.exit_code == 0, result.output
         assert status(data_dir)[0]["pid"] != bystander.pid
         assert invoke("down", "--data-dir", str(data_dir)).exit_code == 0

@@ -109,7 +109,7 @@ def test_auth_and_error_mapping(server) -> None:
 
 
 def test_service_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
-    from conftest import free_port, wait_serving
+    from support import free_port, wait_serving
 
     port = free_port()
     env = {

@@ -83,7 +83,7 @@ def test_s3_server_going_away_mid_prewarm_fails_with_the_cause(tmp_path: Path) -
     """The object store disappears after the fetch: bounded retries, then FAILED, never READY."""
     from moto.server import ThreadedMotoServer
 
-    from conftest import free_port
+    from support import free_port
     from tunelab.datasets.server import build_store
     from tunelab.datasets.settings import DatasetSettings
     from tunelab.datasets.sources.spec import HttpSpec

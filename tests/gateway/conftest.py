@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_openai import Behaviour, FakeServer
-
+from gatewayhelpers import vllm_deployment
 from tunelab.common.grpc.channel import open_channel
 from tunelab.gateway.server import Gateway, build_gateway
 from tunelab.gateway.settings import GatewaySettings
@@ -55,16 +55,6 @@ class GatewayUnderTest:
                 return d
             assert time.monotonic() < deadline
         raise AssertionError("watch ended")
-
-
-def vllm_deployment(*urls: str, adapters: dict[str, str] | None = None, **fields: Any) -> pb.Deployment:
-    return pb.Deployment(
-        model_name=fields.pop("model_name", "chatglm3-ad"),
-        base_model=pb.ModelSource(path="base-model"),
-        adapters=[pb.LoraAdapter(name=n, source=pb.ModelSource(path=p)) for n, p in (adapters or {}).items()],
-        upstream=pb.Upstream(vllm=pb.VllmUpstream(base_urls=list(urls), api_key="upstream-secret")),
-        **fields,
-    )
 
 
 GatewayFactory = Callable[..., GatewayUnderTest]

@@ -73,7 +73,7 @@ def test_every_route_needs_a_key(make_gateway, fake, open_health: bool) -> None:
 
 
 def test_key_limited_to_models(make_gateway, fake) -> None:
-    from conftest import vllm_deployment
+    from gatewayhelpers import vllm_deployment
 
     gut = make_gateway(api_key_auth="on")
     gut.deploy("d", vllm_deployment(fake.url, model_name="m"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from fake_openai import Behaviour, FakeServer
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from conftest import vllm_deployment
+from fake_openai import Behaviour, FakeServer
+from gatewayhelpers import vllm_deployment
 from tunelab.gateway.v1 import gateway_pb2 as pb
 
 

@@ -9,8 +9,7 @@ import threading
 import time
 
 from fake_openai import Behaviour, FakeServer
-
-from conftest import vllm_deployment
+from gatewayhelpers import vllm_deployment
 from tunelab.gateway.routing import PhaseTimeouts, Route, Router
 from tunelab.gateway.v1 import gateway_pb2 as pb
 

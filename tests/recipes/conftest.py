@@ -10,25 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-import tunelab.recipes.lora
+from recipehelpers import LORA_YAML, write_jsonl
 from tunelab.recipes import advertisegen_sample
 from tunelab.recipes.tinymodel import build_tiny_model
 
 torch.set_num_threads(1)  # other suites run on the same small machine
-
-LORA_YAML = Path(tunelab.recipes.lora.__file__).parent / "configs" / "lora.yaml"
-
-# lora.yaml as shipped, shrunk to a CPU-sized run: the kind of overrides a user passes with --set.
-SHRINK = [
-    "training_args.max_steps=40",
-    "training_args.learning_rate=5e-3",
-    "training_args.logging_steps=5",
-    "training_args.save_steps=10",
-    "training_args.save_total_limit=2",
-    "training_args.eval_steps=20",
-    "training_args.per_device_eval_batch_size=4",
-    "training_args.generation_config.max_new_tokens=16",
-]
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +27,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def lora_yaml() -> Path:
     return LORA_YAML
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture

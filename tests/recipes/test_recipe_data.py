@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import write_jsonl
+from recipehelpers import write_jsonl
 from tunelab.recipes import advertisegen_sample
 from tunelab.recipes.lora.data import IGNORE_INDEX, ChatFormat, Sample, tokenize_file
 from tunelab.recipes.lora.errors import DataError

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import write_jsonl
+from recipehelpers import write_jsonl
 from tunelab.recipes import advertisegen_sample
 from tunelab.recipes.lora.batching import (
     BatchStream,

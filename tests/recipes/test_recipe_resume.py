@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import LORA_YAML
+from recipehelpers import LORA_YAML
 from tunelab.recipes.lora.checkpoint import CheckpointManager
 
 Run = Callable[..., tuple[int, list[dict[str, Any]]]]

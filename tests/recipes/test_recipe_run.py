@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import SHRINK, write_jsonl
+from recipehelpers import SHRINK, write_jsonl
 from tunelab.recipes import advertisegen_sample
 from tunelab.recipes.lora.config import load_config
 from tunelab.recipes.lora.errors import StopRequested

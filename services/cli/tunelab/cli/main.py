@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from tunelab.cli.commands import datasets
+from tunelab.cli.commands import agent, datasets, environments, jobs, models, queues
 from tunelab.cli.output import Format
 
 
@@ -81,6 +81,13 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(datasets.app, name="dataset")
+app.add_typer(environments.app, name="env")
+app.add_typer(models.app, name="model")
+app.add_typer(models.keys, name="key")
+app.command("generate")(models.generate)
+app.add_typer(jobs.app, name="job")
+app.add_typer(queues.app, name="queue")
+app.command("agent")(agent.agent)
 
 
 @app.callback()

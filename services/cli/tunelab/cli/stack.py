@@ -49,7 +49,12 @@ class ServiceSpec:
 
 
 # The stack, in start order (`down` stops it in reverse). Adding a service is one line here.
-SERVICES: tuple[ServiceSpec, ...] = (ServiceSpec("datasets"),)
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("datasets"),
+    ServiceSpec("environments"),
+    ServiceSpec("trainer"),
+    ServiceSpec("gateway"),
+)
 
 
 class StackError(TunelabError):

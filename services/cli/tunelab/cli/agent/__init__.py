@@ -1,0 +1,7 @@
+"""The job agent (``tunelab agent``): runs one worker of one attempt where the job runs.
+
+It reads its assignment from the trainer, materializes the job's datasets and environment into
+the working directory, runs the command, streams logs and metrics back, commits output mounts as
+new dataset versions (periodically and at the end) and reports the exit. It imports only
+``tunelab.common`` and the CLI's typed clients.
+"""

@@ -1,0 +1,314 @@
+"""``tunelab job …``: queued training jobs on the trainer service.
+
+``submit`` takes the flags of the seed's ``baizectl job submit`` with the same meaning. gRPC
+errors are turned into messages by the root group in ``tunelab.cli.main``, not here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tunelab.cli.output import Format
+
+if TYPE_CHECKING:
+    from tunelab.cli.clients.trainer import TrainerClient
+    from tunelab.trainer.v1 import trainer_pb2 as pb
+
+app = typer.Typer(
+    help="Training jobs: submit a command to a queue, follow it, read its logs and metrics.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The job's name (see `tunelab job ls`).")]
+OutputOpt = Annotated[
+    Format | None,
+    typer.Option(
+        "--output", "-o", help="table, json or yaml (default: table, or `output` in the config file)."
+    ),
+]
+STATES = ("QUEUED", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLING", "CANCELLED")
+
+
+def client(ctx: typer.Context) -> TrainerClient:
+    from tunelab.cli.clients.trainer import TrainerClient
+
+    clients = ctx.obj
+    return TrainerClient(clients.channel("trainer"), address=clients.config.address("trainer"))
+
+
+def _fmt(ctx: typer.Context, output: Format | None) -> Format:
+    return output or Format(ctx.obj.config.output)
+
+
+def _show(ctx: typer.Context, output: Format | None, job: pb.Job, line: str) -> None:
+    from tunelab.cli.jobview import render
+
+    fmt = _fmt(ctx, output)
+    if fmt is Format.table:
+        typer.echo(line)
+    else:
+        render(job, fmt)
+
+
+def _finish(job: pb.Job | None, name: str) -> None:
+    from tunelab.cli.jobview import job_state
+    from tunelab.common.errors import TunelabError
+
+    if job is None:
+        raise TunelabError(
+            f"the watch of {name} ended early; follow it again with `tunelab job watch {name}`"
+        )
+    state = job_state(job)
+    if state != "SUCCEEDED":
+        raise TunelabError(f"job {name} {state}: {job.reason} {job.message}".rstrip())
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    ctx: typer.Context,
+    command: Annotated[
+        list[str], typer.Argument(metavar="-- COMMAND...", help="The command and its arguments.")
+    ],
+    name: Annotated[
+        str, typer.Option("--name", help="Job name (lower-case, digits, '-'); default: generated.")
+    ] = "",
+    job_type: Annotated[
+        str, typer.Option("--type", "-t", help="PYTORCH (the only type so far).")
+    ] = "PYTORCH",
+    image: Annotated[str, typer.Option(help="Container image (container executors; ignored locally).")] = "",
+    priority: Annotated[
+        str, typer.Option(help="high, medium or low (100000/10000/1000, Kueue classes), or a number.")
+    ] = "",
+    resources: Annotated[
+        list[str] | None, typer.Option(help="Per worker: cpu=8,memory=16Gi,nvidia.com/gpu=1.")
+    ] = None,
+    requests_resources: Annotated[
+        list[str] | None, typer.Option(help="Requests when lower than --resources (limits).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Workers; >1 runs the command under torchrun.")] = 1,
+    queue: Annotated[str, typer.Option(help="Queue (see `tunelab queue ls`); default: default.")] = "",
+    working_dir: Annotated[
+        str, typer.Option(help="Absolute directory to run in; mounts go inside it. Default: one per job.")
+    ] = "",
+    datasets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--datasets",
+            "-d",
+            help="NAME[@VERSION]:PATH, repeatable. An `empty`-source dataset is an output.",
+        ),
+    ] = None,
+    env: Annotated[str, typer.Option("--env", "--runtime-env", help="Environment (`tunelab env ls`).")] = "",
+    envs: Annotated[list[str] | None, typer.Option("--envs", "-e", help="KEY=VALUE variables.")] = None,
+    labels: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    annotations: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    restart_policy: Annotated[str, typer.Option(help="never, on-failure or always.")] = "on-failure",
+    backoff_limit: Annotated[
+        int | None, typer.Option("--backoff-limit", "--max-retries", help="Retries before FAILED.")
+    ] = None,
+    max_run_duration: Annotated[float, typer.Option(help="Seconds an attempt may run; 0: no limit.")] = 0,
+    output_commit_interval: Annotated[
+        float, typer.Option(help="Seconds between output commits while running; 0: the server's.")
+    ] = 0,
+    cancel_grace: Annotated[
+        float | None, typer.Option(help="Seconds from SIGTERM to SIGKILL on cancel (default: the server's).")
+    ] = None,
+    shm_size: Annotated[int, typer.Option(help="MiB of /dev/shm (container executors).")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything, submit nothing.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Follow the job until it ends.")] = False,
+    output: OutputOpt = None,
+) -> None:
+    r"""Submit a job: it waits in its queue (by priority, then submission time) until it can start.
+
+    Example (the seed's fine-tuning job):
+
+        tunelab job submit --name finetune-chatglm3 -t PYTORCH --priority high \
+          --resources cpu=8,memory=16Gi,nvidia.com/gpu=1 --queue default \
+          --working-dir /work/ChatGLM3 --datasets advertisegen-conv:data/AdvertiseGen_fix \
+          --datasets chatglm3-6b:chatglm3-6b --datasets output:output \
+          --restart-policy on-failure -- \
+          python -m tunelab.recipes.lora data/AdvertiseGen_fix ./chatglm3-6b configs/lora.yaml
+    """
+    from tunelab.cli.commands.jobspec import SubmitFlags, build_spec
+    from tunelab.cli.jobview import follow_job, job_state, short
+
+    flags = SubmitFlags(
+        name, job_type, image, priority, resources or [], requests_resources or [], workers, queue,
+        working_dir, datasets or [], env, envs or [], labels or [], annotations or [], restart_policy,
+        backoff_limit, max_run_duration, output_commit_interval, cancel_grace, shm_size, command,
+    )  # fmt: skip
+    spec = build_spec(flags)
+    trainer = client(ctx)
+    job_id = name if name and name == name.lower() and " " not in name else ""
+    job = trainer.submit(spec, job_id, validate_only=dry_run)
+    verb = "would submit" if dry_run else "submitted"
+    line = f"{verb} job {short(job.name)} ({job_state(job)}, priority {job.spec.priority})"
+    if not dry_run and not watch:
+        line += f"; follow it with `tunelab job watch {short(job.name)}`"
+    if watch and not dry_run:
+        typer.echo(line)
+        job = follow_job(trainer.watch(job.name)) or job
+        _finish(job, short(job.name))
+        return
+    _show(ctx, output, job, line)
+
+
+@app.command("ls")
+def list_jobs(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Option(help="Only this queue's jobs.")] = "",
+    state: Annotated[
+        list[str] | None, typer.Option("--state", "-s", help=f"Only these: {', '.join(STATES)}.")
+    ] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE, repeatable.")] = None,
+    output: OutputOpt = None,
+) -> None:
+    """List jobs, newest first.
+
+    Example:
+
+        tunelab job ls --state RUNNING --state QUEUED
+    """
+    from tunelab.cli.commands.jobspec import parse_pairs
+    from tunelab.cli.jobview import render
+    from tunelab.trainer.v1 import trainer_pb2 as pb
+
+    states = []
+    for s in state or []:
+        if s.upper() not in STATES:
+            raise typer.BadParameter(f"{s!r}: use one of {', '.join(STATES)}", param_hint="'--state'")
+        states.append(getattr(pb.Job, f"STATE_{s.upper()}"))
+    jobs = list(client(ctx).list(queue, states, parse_pairs(label or [], "--label")))
+    render(jobs, _fmt(ctx, output))
+
+
+@app.command()
+def get(ctx: typer.Context, name: NameArg, output: OutputOpt = None) -> None:
+    """Show a job: state and why, resources, datasets, latest metrics, attempts.
+
+    Example:
+
+        tunelab job get finetune-chatglm3 -o yaml
+    """
+    from tunelab.cli.jobview import describe, render
+
+    job = client(ctx).get(name)
+    if _fmt(ctx, output) is Format.table:
+        typer.echo(describe(job))
+    else:
+        render(job, _fmt(ctx, output))
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    name: NameArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+    tail: Annotated[int, typer.Option(help="Start with the last N lines; 0: all.")] = 0,
+    attempt: Annotated[int | None, typer.Option(help="Only this attempt's lines.")] = None,
+    timestamps: Annotated[bool, typer.Option("--timestamps", help="Prefix each line with its time.")] = False,
+) -> None:
+    """Print a job's output (stdout, stderr and the agent's lines), stored by the trainer.
+
+    Example:
+
+        tunelab job logs finetune-chatglm3 -f --tail 50
+    """
+    import sys
+
+    from tunelab.trainer.v1 import trainer_pb2 as pb
+
+    for line in client(ctx).logs(name, follow=follow, tail=tail, attempt=attempt):
+        prefix = line.time.ToDatetime().isoformat(timespec="milliseconds") + "Z " if timestamps else ""
+        if line.stream == pb.LogLine.STREAM_AGENT:
+            prefix += "[agent] "
+        sys.stdout.write(f"{prefix}{line.text}\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def watch(ctx: typer.Context, name: NameArg) -> None:
+    """Follow a job until it ends: state, phase, and a progress bar with step, loss, tokens/s and ETA.
+
+    Exits 0 when it SUCCEEDED, 1 otherwise.
+
+    Example:
+
+        tunelab job watch finetune-chatglm3
+    """
+    from tunelab.cli.jobview import follow_job
+
+    _finish(follow_job(client(ctx).watch(name)), name)
+
+
+@app.command()
+def metrics(
+    ctx: typer.Context,
+    name: NameArg,
+    attempt: Annotated[int | None, typer.Option(help="Only this attempt's points.")] = None,
+    eval_only: Annotated[bool, typer.Option("--eval", help="Only points with evaluation scores.")] = False,
+    output: OutputOpt = None,
+) -> None:
+    """List the metric points a job reported (step, loss, learning rate, tokens/s, evaluation).
+
+    Example:
+
+        tunelab job metrics finetune-chatglm3 --eval
+    """
+    from tunelab.cli.jobview import render
+
+    render(list(client(ctx).metrics(name, attempt, eval_only=eval_only)), _fmt(ctx, output))
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    name: NameArg,
+    grace: Annotated[float | None, typer.Option(help="Seconds from SIGTERM to SIGKILL.")] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Cancel a job: a queued one at once, a running one by SIGTERM, then SIGKILL after the grace period.
+
+    Example:
+
+        tunelab job cancel finetune-chatglm3
+    """
+    from tunelab.cli.jobview import job_state
+
+    job = client(ctx).cancel(name, grace)
+    _show(ctx, output, job, f"job {name} is {job_state(job)}")
+
+
+@app.command()
+def restart(ctx: typer.Context, name: NameArg, output: OutputOpt = None) -> None:
+    """Run a finished job again; outputs start from their last commit (a recipe resumes from its checkpoint).
+
+    Example:
+
+        tunelab job restart finetune-chatglm3
+    """
+    from tunelab.cli.jobview import job_state
+
+    job = client(ctx).restart(name)
+    _show(ctx, output, job, f"job {name} is {job_state(job)} again (attempt {job.attempt + 1} next)")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Jobs to delete.")],
+    force: Annotated[bool, typer.Option("--force", help="Kill unfinished jobs first.")] = False,
+) -> None:
+    """Delete finished jobs with their logs and metrics (committed outputs stay in their datasets).
+
+    Example:
+
+        tunelab job delete finetune-chatglm3
+    """
+    trainer = client(ctx)
+    for name in names:
+        trainer.delete(name, force)
+        typer.echo(f"deleted job {name}")

@@ -1,0 +1,51 @@
+"""Where attempts run. An executor starts the job agent (`tunelab agent`) for each worker of an
+attempt and can tell whether it still runs, ask it to stop, and kill it. The scheduler decides
+what runs and on which GPUs; the executor only knows how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tunelab.trainer.gpus import GpuInfo
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How an attempt is laid out: its workers and what the trainer tells each agent."""
+
+    worker_count: int
+    node: str
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    name: str  # "local" or "kubernetes"
+
+    def gpus(self) -> list[GpuInfo]:
+        """Every GPU the executor schedules (empty where it cannot list them)."""
+        ...
+
+    def cpu_millis(self) -> int: ...
+
+    def memory_bytes(self) -> int: ...
+
+    def place(self, job_id: str, attempt: int, workers: int, gpus: list[str]) -> Placement:
+        """Lays out an attempt on the GPUs the scheduler assigned (no side effects)."""
+        ...
+
+    def start(self, job_id: str, attempt: int, placement: Placement) -> str:
+        """Starts the attempt's agents; returns what the executor knows them by (executor_ref)."""
+        ...
+
+    def alive(self, ref: str) -> bool:
+        """Whether anything of the attempt still runs."""
+        ...
+
+    def stop(self, ref: str) -> None:
+        """Asks the agents to stop (SIGTERM: they stop the command and commit outputs)."""
+        ...
+
+    def kill(self, ref: str) -> None:
+        """Ends everything of the attempt at once."""
+        ...

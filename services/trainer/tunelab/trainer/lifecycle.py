@@ -1,0 +1,188 @@
+"""How attempts end and what happens to their job next: done, retried by its restart policy, or
+failed; and how a job is cancelled. One lock serializes these transitions in the process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from tunelab.common.errors import TunelabError
+from tunelab.trainer.executor import Executor
+from tunelab.trainer.metrics import TrainerMetrics
+from tunelab.trainer.records import (
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    QUEUED,
+    SUCCEEDED,
+    JobRecord,
+)
+from tunelab.trainer.references import References
+from tunelab.trainer.registry import Registry
+from tunelab.trainer.v1 import trainer_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# Failures that another attempt cannot fix: the job fails at once whatever its restart policy.
+PERMANENT = frozenset({"CommandNotFound", "InvalidMount", "InvalidInput", "NaNLoss"})
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How an attempt ended, as its agent (or the trainer, for a lost one) tells it."""
+
+    reason: str = ""
+    message: str = ""
+    exit_code: int | None = None
+    signal: int = 0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and self.reason in ("", "Succeeded")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base_s: float = 10.0
+    max_s: float = 600.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.base_s * 2 ** max(failures - 1, 0), self.max_s))
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        registry: Registry,
+        executor: Executor,
+        refs: References,
+        metrics: TrainerMetrics,
+        backoff: Backoff,
+        cancel_grace_s: float,
+    ) -> None:
+        self.registry, self.executor, self.refs, self.metrics = registry, executor, refs, metrics
+        self.backoff = backoff
+        self.cancel_grace_s = cancel_grace_s
+        self.lock = threading.RLock()
+        self.kick = threading.Event()  # wakes the supervisor: resources were freed or jobs queued
+
+    def grace_of(self, job: JobRecord) -> float:
+        if job.cancel_grace_s is not None:
+            return job.cancel_grace_s
+        if job.spec.HasField("cancel_grace_period"):
+            return job.spec.cancel_grace_period.ToTimedelta().total_seconds()
+        return self.cancel_grace_s
+
+    # -- cancel -----------------------------------------------------------------------------
+    def cancel(self, job_id: str, reason: str = "Cancelled", grace_s: float | None = None) -> JobRecord:
+        with self.lock:
+            job = self.registry.get_job(job_id)
+            if job.terminal:
+                return job
+            now = time.time()
+            if job.state == QUEUED:
+                return self.registry.update_job(
+                    job_id,
+                    state=CANCELLED if reason == "Cancelled" else FAILED,
+                    reason=reason,
+                    message="cancelled while queued",
+                    phase="",
+                    end_time=now,
+                )
+            if job.state != CANCELLING:
+                job = self.registry.update_job(
+                    job_id, state=CANCELLING, cancel_reason=reason, cancel_grace_s=grace_s, cancel_time=now
+                )
+            elif grace_s is not None:
+                job = self.registry.update_job(job_id, cancel_grace_s=grace_s)
+            att = job.current
+            if att is not None and att.executor_ref:
+                self.executor.stop(att.executor_ref)
+            return job
+
+    # -- the end of an attempt --------------------------------------------------------------
+    def end_attempt(self, job_id: str, number: int, exit: Exit) -> JobRecord:
+        """Records how attempt ``number`` ended and moves the job on; a no-op for an attempt
+        that already ended or is no longer current."""
+        with self.lock:
+            job = self.registry.get_job(job_id)
+            att = job.current
+            if att is None or att.number != number or att.end_time is not None:
+                return job
+            now = time.time()
+            if job.state == CANCELLING:
+                reason = job.cancel_reason or "Cancelled"
+                state = CANCELLED if reason == "Cancelled" else FAILED
+                message = exit.message if reason == "Cancelled" else f"stopped: {reason}"
+            elif exit.succeeded:
+                state, reason, message = SUCCEEDED, "Succeeded", exit.message
+            else:
+                state, reason, message = FAILED, exit.reason or "NonZeroExit", exit.message
+            self.registry.update_attempt(
+                job_id,
+                number,
+                state=state,
+                reason=reason,
+                message=message,
+                exit_code=exit.exit_code,
+                end_time=now,
+            )
+            self.metrics.attempt_ended(state)
+            self.release_lease(att.lease)
+            self.kick.set()
+            log.info(
+                "attempt ended",
+                extra={"job": job_id, "attempt": number, "state": state, "reason": reason},
+            )
+            base = {"exit_code": exit.exit_code, "phase": ""}
+            if job.state == CANCELLING or (state == SUCCEEDED and not self._again(job, succeeded=True)):
+                return self.registry.update_job(
+                    job_id, state=state, reason=reason, message=message, end_time=now, **base
+                )
+            if state == SUCCEEDED:
+                return self._requeue(job, "Restarting", f"attempt {number} succeeded; policy ALWAYS", **base)
+            what = f"attempt {number} failed ({reason}): {message}".rstrip(": ")
+            if reason in PERMANENT or job.spec.restart_policy == pb.RESTART_POLICY_NEVER:
+                return self.registry.update_job(
+                    job_id, state=FAILED, reason=reason, message=message, end_time=now, **base
+                )
+            if not self._again(job, succeeded=False):
+                limit = job.spec.backoff_limit
+                return self.registry.update_job(
+                    job_id,
+                    state=FAILED,
+                    reason="BackoffLimitExceeded",
+                    message=f"{what}; all {limit} retries used (backoff limit {limit})",
+                    end_time=now,
+                    **base,
+                )
+            return self._requeue(job, "Retrying", what, **base)
+
+    def _again(self, job: JobRecord, succeeded: bool) -> bool:
+        policy = job.spec.restart_policy
+        if succeeded and policy != pb.RESTART_POLICY_ALWAYS:
+            return False
+        return job.failures < job.spec.backoff_limit
+
+    def _requeue(self, job: JobRecord, reason: str, what: str, **extra: object) -> JobRecord:
+        failures = job.failures + 1
+        delay = self.backoff.delay(failures)
+        return self.registry.update_job(
+            job.id,
+            state=QUEUED,
+            reason=reason,
+            message=f"{what}; retry {failures} of {job.spec.backoff_limit} in {delay:.0f}s",
+            failures=failures,
+            not_before=time.time() + delay,
+            **extra,
+        )
+
+    def release_lease(self, lease: str) -> None:
+        if not lease:
+            return
+        try:
+            self.refs.release(lease)
+        except TunelabError as exc:  # it lapses by itself; the build stays protected meanwhile
+            log.warning("could not release environment lease %s: %s", lease, exc.message)

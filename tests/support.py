@@ -1,0 +1,127 @@
+"""Helpers the tests share: free ports, real S3 servers' coordinates, services started as processes.
+
+Import them as ``from support import …`` (a module name no test folder reuses; ``conftest`` is
+ambiguous once several test folders have one).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from minio import Minio
+
+from tunelab.common.grpc.channel import open_channel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_base(count: int = 4) -> int:
+    """A port P such that P … P+count-1 are all free (for `tunelab up --port-base P`)."""
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    ok = False
+                    break
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no run of free ports found")
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str = "testing"
+    secret_key: str = "testing"
+
+    def client(self) -> Minio:
+        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
+
+    def env(self, bucket: str) -> dict[str, str]:
+        return {
+            "TUNELAB_STORE_URL": f"s3://{bucket}",
+            "TUNELAB_S3_ENDPOINT": self.endpoint,
+            "TUNELAB_S3_ACCESS_KEY": self.access_key,
+            "TUNELAB_S3_SECRET_KEY": self.secret_key,
+            "TUNELAB_S3_SECURE": "false",
+        }
+
+
+def wait_serving(address: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    channel = open_channel(address)
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"service exited with {proc.returncode}")
+            try:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    finally:
+        channel.close()
+    raise TimeoutError(f"service at {address} did not become SERVING in {timeout}s")
+
+
+@dataclass
+class ServiceProcess:
+    """A tunelab service started as a real process (``python -m tunelab.<name>``)."""
+
+    name: str
+    env: dict[str, str]
+    log: Path
+    address: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        env = {**os.environ, **self.env, "TUNELAB_PORT": str(port), "TUNELAB_METRICS_PORT": "0"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", f"tunelab.{self.name}"], env=env, stdout=out, stderr=out
+            )
+        wait_serving(self.address, proc=self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
