@@ -54,13 +54,22 @@ def main() -> None:
     step("2. Register the AdvertiseGen dataset and prewarm it into the object store")
     sample = WORK / "AdvertiseGen"
     write_sample(sample, n_train=400, n_dev=40, seed=0)
-    print(f"{DIM}  generated an AdvertiseGen-format sample in {sample.relative_to(REPO)} (the real set is "
-          f"{'https://cloud.tsinghua.edu.cn/f/b3f119a008264b1cabd1/?dl=1'}){RESET}")
+    print(
+        f"{DIM}  generated an AdvertiseGen-format sample in {sample.relative_to(REPO)} (the real set is "
+        f"{'https://cloud.tsinghua.edu.cn/f/b3f119a008264b1cabd1/?dl=1'}){RESET}"
+    )
     if exists("advertisegen"):
         tunelab("dataset", "push", "advertisegen", str(sample))
     else:
-        tunelab("dataset", "create", "advertisegen", "--source", str(sample),
-                "--description", "AdvertiseGen sample (stand-in for the Tsinghua Cloud archive)")
+        tunelab(
+            "dataset",
+            "create",
+            "advertisegen",
+            "--source",
+            str(sample),
+            "--description",
+            "AdvertiseGen sample (stand-in for the Tsinghua Cloud archive)",
+        )
     tunelab("dataset", "versions", "advertisegen")
 
     step("3. Convert it to ChatGLM3's conversations format (a derived dataset)")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from tunelab.common.errors import FailedPrecondition
 from tunelab.common.storage.blobs import BlobStore
@@ -63,14 +64,12 @@ class PrewarmProgress:
         }
 
 
-class BlobIndex:
+class BlobIndex(Protocol):
     """What the prewarmer asks of the service's state: which blobs are known to be stored."""
 
-    def known_blobs(self, hashes: list[str]) -> set[str]:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def known_blobs(self, hashes: list[str]) -> set[str]: ...
 
-    def add_blobs(self, blobs: dict[str, int]) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def add_blobs(self, blobs: dict[str, int]) -> None: ...
 
 
 class Prewarmer:
@@ -123,7 +122,7 @@ class Prewarmer:
         unknown = [sha for sha in unique if sha not in known]
         missing = self.blobs.missing(unknown) if unknown else set()
         self.index.add_blobs({sha: unique[sha] for sha in unknown if sha not in missing})
-        first_path = {}
+        first_path: dict[str, FileEntry] = {}
         for f in manifest.files:
             first_path.setdefault(f.sha256, f)
         lock = threading.Lock()

@@ -371,7 +371,7 @@ class Registry:
         if not blobs:
             return
         with self.engine.begin() as db:
-            known = set()
+            known: set[str] = set()
             keys = list(blobs)
             for i in range(0, len(keys), 500):
                 part = keys[i : i + 500]

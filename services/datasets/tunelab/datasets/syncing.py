@@ -16,9 +16,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tunelab.common.errors import NotFound, TunelabError
+from tunelab.common.errors import FailedPrecondition, NotFound, TunelabError
 from tunelab.datasets.registry import Registry, VersionDeleted, VersionRecord
-from tunelab.datasets.sources.spec import FETCHED, FetchPolicy, SourceSpec, spec_from_dict
+from tunelab.datasets.sources.spec import (
+    FETCHED,
+    FetchPolicy,
+    GitSpec,
+    HfSpec,
+    HttpSpec,
+    S3Spec,
+    SourceSpec,
+    spec_from_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,4 +138,6 @@ class SyncRunner:
             fields.update(bytes_done=done, bytes_total=total)
             self.registry.update_version(current, progress=fields)
 
+        if not isinstance(spec, HttpSpec | GitSpec | S3Spec | HfSpec):
+            raise FailedPrecondition(f"a {spec.kind!r} source is not fetched by the service")
         return dict(self.fetch(spec, staging, self.policy, progress))

@@ -6,7 +6,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +39,7 @@ class HashCache:
     def _key(st: os.stat_result) -> tuple[int, int, int, int]:
         return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
-    def lookup_many(self, items: list[tuple[StrPath, os.stat_result]]) -> list[str | None]:
+    def lookup_many(self, items: Sequence[tuple[StrPath, os.stat_result]]) -> list[str | None]:
         """One query for many files (a folder of thousands of files costs milliseconds)."""
         wanted = {str(p): self._key(st) for p, st in items}
         found: dict[str, str] = {}
@@ -66,7 +66,7 @@ class HashCache:
 
     def hash_files(
         self,
-        items: list[tuple[StrPath, os.stat_result]],
+        items: Sequence[tuple[StrPath, os.stat_result]],
         workers: int = 4,
         on_hashed: Callable[[StrPath], None] | None = None,
     ) -> list[str]:
