@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobhelpers import free_port, wait_serving
 
+from jobhelpers import free_port, wait_serving
 from tunelab.common.grpc.channel import open_channel
 
 # Short periods, so that scheduling, reports, retries and cancels take fractions of a second.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -12,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from support import free_port, wait_serving  # noqa: F401 - re-exported for the trainer tests
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
 QUEUED, STARTING, RUNNING = pb.Job.STATE_QUEUED, pb.Job.STATE_STARTING, pb.Job.STATE_RUNNING
@@ -69,21 +68,3 @@ def log_text(client: Any, name: str) -> str:
 
 
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_serving(address: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    from tunelab.cli.stack import check_health
-
-    deadline = time.monotonic() + timeout
-    while check_health(address, timeout_s=1.0) != "SERVING":
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the service exited with status {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{address} did not become SERVING within {timeout}s")
-        time.sleep(0.1)

@@ -4,8 +4,8 @@ build the trainer pinned (and leased) for the attempt; the lease goes when the a
 from __future__ import annotations
 
 import pytest
-from jobhelpers import SUCCEEDED, log_text, py, spec, wait_for
 
+from jobhelpers import SUCCEEDED, log_text, py, spec, wait_for
 from tunelab.environments.v1 import environments_pb2 as epb
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobhelpers import FAILED, RUNNING, SUCCEEDED, log_text, spec, wait_for, wait_until
 
 import tunelab.recipes.lora
+from jobhelpers import FAILED, RUNNING, SUCCEEDED, log_text, spec, wait_for, wait_until
 from tunelab.datasets.v1 import datasets_pb2 as dpb
 from tunelab.recipes import advertisegen_sample
 from tunelab.recipes.tinymodel import build_tiny_model

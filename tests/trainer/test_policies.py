@@ -4,8 +4,8 @@ the fact."""
 from __future__ import annotations
 
 import grpc
-from jobhelpers import FAILED, SUCCEEDED, log_text, py, rpc_error, spec, wait_for
 
+from jobhelpers import FAILED, SUCCEEDED, log_text, py, rpc_error, spec, wait_for
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
 # Fails on its first run, succeeds on the next (the marker lives in the job's working dir).

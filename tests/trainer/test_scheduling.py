@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from jobhelpers import (
     CANCELLED,
     CANCELLING,
@@ -23,7 +24,6 @@ from jobhelpers import (
     wait_for,
     wait_until,
 )
-
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
 

@@ -8,7 +8,6 @@ import signal
 import time
 
 from jobhelpers import FAILED, RUNNING, SUCCEEDED, log_text, py, spec, wait_for, wait_until
-
 from tunelab.trainer.local import session_members
 
 TICKS = "import time\nfor i in range(25):\n    print('tick', i, flush=True)\n    time.sleep(0.2)\n"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-from jobhelpers import FAILED, rpc_error, spec, wait_for
 
+from jobhelpers import FAILED, rpc_error, spec, wait_for
 from tunelab.datasets.v1 import datasets_pb2 as dpb
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
