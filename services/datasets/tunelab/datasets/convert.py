@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tunelab.common.errors import InvalidArgument
+from tunelab.common.protoconv import timestamp
 from tunelab.common.storage.manifest import FileEntry
 from tunelab.datasets.registry import DatasetRecord, VersionRecord
 from tunelab.datasets.sources.spec import SourceSpec, spec_from_dict, spec_to_dict
@@ -17,14 +17,6 @@ STATE = {
     name: getattr(pb.DatasetVersion.State, f"STATE_{name}")
     for name in ("PENDING", "FETCHING", "UPLOADING", "VERIFYING", "READY", "FAILED")
 }
-
-
-def timestamp(seconds: float | None) -> Timestamp | None:
-    if seconds is None:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def source_from_pb(msg: pb.Source) -> SourceSpec:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from tunelab.common.protoconv import timestamp
 from tunelab.common.storage.manifest import FileEntry
 from tunelab.environments.catalog import BuildRecord, LeaseRecord
 from tunelab.environments.gc import GcResult
@@ -17,14 +16,6 @@ STATE = {
     name: getattr(pb.Environment.State, f"STATE_{name}")
     for name in ("PENDING", "RESOLVING", "INSTALLING", "PACKING", "READY", "FAILED")
 }
-
-
-def timestamp(seconds: float | None) -> Timestamp | None:
-    if seconds is None:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def _index(msg: pb.PackageIndex) -> Index:

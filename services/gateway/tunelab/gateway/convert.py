@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tunelab.common.errors import InvalidArgument
+from tunelab.common.protoconv import timestamp
 from tunelab.gateway.registry import ApiKeyRecord
 from tunelab.gateway.specs import (
     Adapter,
@@ -33,14 +33,6 @@ WRITABLE = (
     "max_in_flight",
     "timeouts",
 )
-
-
-def timestamp(seconds: float | None) -> Timestamp | None:
-    if seconds is None:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def source_from_pb(msg: pb.ModelSource) -> ModelSource:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from tunelab.common.protoconv import timestamp
 from tunelab.trainer.eventlog import LogLine
 from tunelab.trainer.gpus import GpuInfo
 from tunelab.trainer.records import STATES, AttemptRecord, JobRecord, QueueRecord
@@ -13,14 +12,6 @@ from tunelab.trainer.v1 import trainer_pb2 as pb
 JOB_STATE = {name: getattr(pb.Job.State, f"STATE_{name}") for name in STATES}
 STATE_OF = {v: k for k, v in JOB_STATE.items()}
 QUEUE_STATE = {"OPEN": pb.Queue.STATE_OPEN, "PAUSED": pb.Queue.STATE_PAUSED}
-
-
-def timestamp(seconds: float | None) -> Timestamp | None:
-    if seconds is None:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def attempt_to_pb(a: AttemptRecord) -> pb.JobAttempt:
