@@ -1,37 +1,30 @@
-"""``python -m tunelab.environments``: settings → logging → construct → serve → graceful stop."""
+"""``python -m tunelab.environments``: settings → logging → construct → serve → graceful stop.
+
+Builds a restart interrupted resume, and the search for interpreters starts, before serving.
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
+from collections.abc import Callable
 
-from tunelab.common.errors import TunelabError
-from tunelab.common.grpc.server import run_until_signal
-from tunelab.common.logging import setup_logging
-from tunelab.common.settings import load_settings
+from tunelab.common.grpc.main import serve_main
+from tunelab.common.grpc.server import GrpcServer
 from tunelab.environments.server import build_server
 from tunelab.environments.settings import EnvironmentSettings
 
 
-def main() -> int:
-    try:
-        settings = load_settings(EnvironmentSettings)
-    except TunelabError as exc:
-        print(f"tunelab-environments: {exc.message}", file=sys.stderr)
-        return 2
-    setup_logging(settings.log_level, service="environments")
-    try:
-        server, store = build_server(settings)
-    except (TunelabError, OSError) as exc:
-        logging.getLogger("tunelab.environments").error("cannot start: %s", getattr(exc, "message", exc))
-        return 1
-    # Finding interpreters can take seconds (uv probes every python on PATH): start it now.
-    threading.Thread(target=store.uv.interpreters, name="find-pythons", daemon=True).start()
-    store.resume_unfinished()
-    run_until_signal(server, settings.grace_period_s)
-    return 0
+def build(settings: EnvironmentSettings) -> tuple[GrpcServer, Callable[[], object]]:
+    server, store = build_server(settings)
+
+    def before_serving() -> None:
+        # Finding interpreters can take seconds (uv probes every python on PATH): start it now.
+        threading.Thread(target=store.uv.interpreters, name="find-pythons", daemon=True).start()
+        store.resume_unfinished()
+
+    return server, before_serving
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve_main("environments", EnvironmentSettings, build))
