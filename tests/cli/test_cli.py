@@ -30,6 +30,8 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the user's config file, cache or stack."""
     monkeypatch.setenv("TUNELAB_CONFIG", str(tmp_path / "no-config.yaml"))
+    # The gateway's HTTP port does not follow --port-base: give each test its own.
+    monkeypatch.setenv("TUNELAB_HTTP_PORT", str(free_port()))
     monkeypatch.setenv("TUNELAB_DATA_DIR", str(tmp_path / "no-stack"))
     monkeypatch.setenv("TUNELAB_CACHE_DIR", str(tmp_path / "cache"))
     for var in ("TUNELAB_DATASETS_ADDR", "TUNELAB_TOKEN", "TUNELAB_OUTPUT", "TUNELAB_PORT_BASE"):

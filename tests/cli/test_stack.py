@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from support import free_port_base
+from support import free_port, free_port_base
 from tunelab.cli import stack
 from tunelab.cli.main import app
 
@@ -25,6 +25,8 @@ def invoke(*args: str) -> Result:
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNELAB_CONFIG", str(tmp_path / "no-config.yaml"))
+    # The gateway's HTTP port does not follow --port-base: give each test its own.
+    monkeypatch.setenv("TUNELAB_HTTP_PORT", str(free_port()))
     monkeypatch.setenv("TUNELAB_CACHE_DIR", str(tmp_path / "cache"))
     for var in ("TUNELAB_TOKEN", "TUNELAB_PORT_BASE", "TUNELAB_DATASETS_PORT", "TUNELAB_STORE_URL"):
         monkeypatch.delenv(var, raising=False)
