@@ -10,17 +10,13 @@ interpreter (the image's), which is where the environment runs.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tarfile
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
 
-from tunelab.common.errors import FailedPrecondition
+from tunelab.common.storage.atomicdir import replacing
 
 MARKER = ".tunelab-env.json"
 
@@ -44,15 +40,6 @@ def read_marker(target: Path) -> str | None:
         return None
 
 
-def check_target(target: Path) -> None:
-    if target.exists() and not target.is_dir():
-        raise FailedPrecondition(f"{target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and read_marker(target) is None:
-        raise FailedPrecondition(
-            f"{target} is not empty and was not made by tunelab: choose an empty or new directory"
-        )
-
-
 def unpack_layer(layer: Path, dest: Path) -> None:
     with (
         layer.open("rb") as raw,
@@ -64,20 +51,7 @@ def unpack_layer(layer: Path, dest: Path) -> None:
 
 def install(layers: list[Path], target: Path, env_key: str, name: str) -> None:
     """Unpacks ``layers`` in order next to ``target``, then swaps the result into place."""
-    check_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    try:
+    with replacing(target, lambda t: read_marker(t) is not None) as staging:
         for layer in layers:
             unpack_layer(layer, staging)
         (staging / MARKER).write_text(json.dumps({"env_key": env_key, "environment": name}))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-            os.rename(target, old)
-            os.rename(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.common.errors import DataLoss, FailedPrecondition
+from tunelab.common.errors import DataLoss
+from tunelab.common.storage.atomicdir import replacing
 from tunelab.common.storage.blobs import BlobCache, BlobSource
 from tunelab.common.storage.manifest import Manifest
 
@@ -64,17 +64,6 @@ def materialize(
     digest = manifest.digest()
     if target.is_dir() and read_marker(target) == digest:
         return MaterializeResult(target, len(manifest.files), manifest.size, 0, 0.0, unchanged=True)
-    if target.exists() and not target.is_dir():
-        raise FailedPrecondition(f"{target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and read_marker(target) is None:
-        raise FailedPrecondition(
-            f"{target} is not empty and was not made by tunelab: choose an empty or new directory"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like mkdir's
     fetched = 0
     done = 0
     lock = threading.Lock()
@@ -107,24 +96,14 @@ def materialize(
             if progress:
                 progress(done, manifest.size)
 
-    can_link = link and os.stat(staging).st_dev == os.stat(cache.root).st_dev
-    try:
+    with replacing(target, lambda t: read_marker(t) is not None) as staging:
+        can_link = link and os.stat(staging).st_dev == os.stat(cache.root).st_dev
         unique = manifest.unique_blobs()
         with ThreadPoolExecutor(workers) as pool:
             # Each distinct blob once (two files with equal content must not fetch it twice).
             cached = dict(zip(unique, pool.map(ensure, unique, unique.values()), strict=True))
             list(pool.map(place, range(len(manifest.files))))
         (staging / MARKER).write_text(json.dumps({"digest": digest, "label": label}))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-            os.rename(target, old)
-            os.rename(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return MaterializeResult(
         target, len(manifest.files), manifest.size, fetched, time.perf_counter() - started
     )
