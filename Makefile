@@ -11,7 +11,7 @@ SERVICES  := services/common services/datasets services/environments services/tr
 STAMP     := $(VENV)/.installed
 TORCH     ?= torch==2.13.0
 
-.PHONY: help setup tools protos protos-check lint test demo bench-prewarm bench-envbuild bench-gateway clean
+.PHONY: help setup tools protos protos-check lint validate test demo bench-prewarm bench-envbuild bench-gateway clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ lint: $(STAMP) tools protos-check  ## ruff, mypy, buf lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+validate: setup  ## deploy files: hadolint, image locks, Compose v2's parser, promtool, kustomize + kubernetes-validate
+	scripts/validate-deploy.sh
 
 PYTEST_ARGS ?=
 test: setup  ## run the test suite (real S3 servers and services are started by fixtures)
