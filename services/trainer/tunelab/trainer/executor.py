@@ -19,6 +19,19 @@ class Placement:
     env_vars: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AttemptStatus:
+    """What the executor sees of an attempt: more than ``alive`` where it knows more (a cluster)."""
+
+    alive: bool
+    # Alive, but its agents have not started yet (queued by the cluster, pulling the image): why.
+    # No agent can report meanwhile, so the heartbeat timeout does not run.
+    pending: str = ""
+    # Not alive: why it ended, where the executor knows (one CamelCase word), and the details.
+    reason: str = ""
+    message: str = ""
+
+
 class Executor(Protocol):
     name: str  # "local" or "kubernetes"
 
@@ -40,6 +53,10 @@ class Executor(Protocol):
 
     def alive(self, ref: str) -> bool:
         """Whether anything of the attempt still runs."""
+        ...
+
+    def status(self, ref: str) -> AttemptStatus:
+        """``alive``, with why an attempt has not started yet or how it ended, where known."""
         ...
 
     def stop(self, ref: str) -> None:

@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from tunelab.trainer.executor import Placement
+from tunelab.trainer.executor import AttemptStatus, Placement
 from tunelab.trainer.gpus import GpuInfo
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,9 @@ class LocalExecutor:
                 return _pid_exists(pid)
             return False
         return fields[0] not in ("Z", "X") and (not started or fields[19] == started)
+
+    def status(self, ref: str) -> AttemptStatus:
+        return AttemptStatus(self.alive(ref))  # a process starts at once; its agent tells the rest
 
     def stop(self, ref: str) -> None:
         pid, _ = _parse(ref)

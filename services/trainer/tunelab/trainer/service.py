@@ -18,6 +18,8 @@ from tunelab.trainer.eventlog import EventLog
 from tunelab.trainer.executor import Executor
 from tunelab.trainer.gpus import inventory
 from tunelab.trainer.jobs import JobService
+from tunelab.trainer.kube.api import KubeApi
+from tunelab.trainer.kube.factory import build_executor
 from tunelab.trainer.lifecycle import Backoff, Lifecycle
 from tunelab.trainer.local import LocalExecutor
 from tunelab.trainer.metrics import TrainerMetrics
@@ -82,8 +84,13 @@ def agent_env(settings: TrainerSettings) -> dict[str, str]:
 
 
 def build_trainer(
-    settings: TrainerSettings, *, executor: Executor | None = None, refs: References | None = None
+    settings: TrainerSettings,
+    *,
+    executor: Executor | None = None,
+    refs: References | None = None,
+    kube_api: KubeApi | None = None,
 ) -> Trainer:
+    """``kube_api``: the Kubernetes API of TUNELAB_EXECUTOR=kubernetes; unset: the cluster's."""
     base = settings.trainer_dir()
     engine = open_database(settings.state_url, base / "state.sqlite", metadata)
     registry, events = Registry(engine), EventLog(engine)
@@ -94,8 +101,10 @@ def build_trainer(
         environments = open_channel(settings.environments_addr, token)
         channels = [datasets, environments]
         refs = GrpcReferences(datasets, environments, settings.datasets_addr, settings.environments_addr)
-    gpus = inventory(settings.gpus)
+    if executor is None and settings.executor == "kubernetes":
+        executor = build_executor(settings, agent_env(settings), registry, kube_api)
     if executor is None:
+        gpus = inventory(settings.gpus)
         executor = LocalExecutor(
             agent_argv(settings.agent_command),
             base / "runs",
@@ -120,6 +129,8 @@ def build_trainer(
         backoff_limit=settings.backoff_limit,
     )
     source = "TUNELAB_GPUS" if settings.gpus is not None else "found by NVML; without GPUs, set TUNELAB_GPUS"
+    if executor.name == "kubernetes" and settings.gpus is None:
+        source = "TUNELAB_GPUS is unset: set it to the cluster GPUs the trainer may hand out"
     jobs = JobService(registry, events, lifecycle, executor, refs, defaults, source)
     queues = QueueService(registry, supervisor)
     queues.ensure_default(settings.default_gpu_quota, settings.default_max_concurrent_jobs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -64,6 +65,45 @@ class TrainerSettings(ServiceSettings):
     default_gpu_quota: int | None = Field(default=None, ge=0, description="gpu_quota of queues/default.")
     default_max_concurrent_jobs: int | None = Field(
         default=None, ge=1, description="max_concurrent_jobs of queues/default."
+    )
+
+    # -- where attempts run ------------------------------------------------------------------
+    executor: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="local: agents are processes on this machine. kubernetes: each attempt is an "
+        "Indexed Job + headless Service, or a Kubeflow TrainJob (TUNELAB_K8S_*); TUNELAB_GPUS is "
+        "then the number of cluster GPUs the trainer hands out.",
+    )
+    k8s_namespace: str = Field(
+        default="", description="Namespace of job pods; empty: the trainer's own (in cluster), else default."
+    )
+    k8s_job_image: str = Field(
+        default="", description="Image of job pods: `tunelab agent` + recipes; a job's --image wins."
+    )
+    k8s_engine: Literal["job", "trainjob"] = Field(
+        default="job", description="job: Indexed Job + headless Service. trainjob: Kubeflow Trainer v2."
+    )
+    k8s_kueue: bool = Field(
+        default=True,
+        description="Label jobs for Kueue (queue-name, priority-class) and create them suspended; "
+        "false where Kueue is not installed.",
+    )
+    k8s_service_account: str = Field(default="", description="Service account of job pods.")
+    k8s_token_secret: str = Field(
+        default="",
+        description="NAME or NAME/KEY (key auth-token) of the Secret job pods read the token from; "
+        "empty: the token is written into each Job.",
+    )
+    k8s_cache_pvc: str = Field(
+        default="", description="PVC (ReadWriteMany) for the agents' blob and environment cache."
+    )
+    k8s_image_pull_secrets: str = Field(default="", description="Comma-separated image pull Secrets.")
+    k8s_run_as_user: int = Field(default=10001, ge=1, description="UID (and GID) of job pods; not root.")
+    k8s_trainjob_runtime: str = Field(
+        default="torch-distributed", description="ClusterTrainingRuntime of TrainJobs."
+    )
+    k8s_ttl_after_finished_s: int = Field(
+        default=86400, ge=0, description="How long finished Jobs stay for inspection."
     )
 
     def trainer_dir(self) -> Path:

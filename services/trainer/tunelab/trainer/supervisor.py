@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from tunelab.common.errors import TunelabError, Unavailable
-from tunelab.trainer.executor import Executor
+from tunelab.trainer.executor import AttemptStatus, Executor
 from tunelab.trainer.lifecycle import Exit, Lifecycle
 from tunelab.trainer.metrics import Snapshot, TrainerMetrics
 from tunelab.trainer.records import (
@@ -94,13 +94,19 @@ class Supervisor:
             att = job.current
             if att is None:
                 continue
-            if not att.executor_ref or not self.executor.alive(att.executor_ref):
+            st = self.executor.status(att.executor_ref) if att.executor_ref else AttemptStatus(False)
+            if not st.alive:
                 self._lost(
                     job,
                     att,
-                    "the agent ended without reporting how the command ended (killed, out of memory, "
+                    st.message
+                    or "the agent ended without reporting how the command ended (killed, out of memory, "
                     "the trainer restarted before it started, or its machine was lost)",
+                    st.reason,
                 )
+                continue
+            if st.pending:  # not started yet (a cluster queues it): no agent to hear from
+                self._pending(job, att, st.pending, now)
                 continue
             silent = now - (att.last_report_time or att.start_time)
             if silent > self.timing.heartbeat_timeout_s:
@@ -116,10 +122,18 @@ class Supervisor:
                 if limit and now - att.start_time > limit:
                     self.lifecycle.cancel(job.id, "DeadlineExceeded")
 
-    def _lost(self, job: JobRecord, att: AttemptRecord, message: str) -> None:
+    def _lost(self, job: JobRecord, att: AttemptRecord, message: str, reason: str = "") -> None:
         if att.executor_ref:
             self.executor.kill(att.executor_ref)  # whatever is left of the job's processes
-        self.lifecycle.end_attempt(job.id, att.number, Exit("Lost", message))
+        self.lifecycle.end_attempt(job.id, att.number, Exit(reason or "Lost", message))
+
+    def _pending(self, job: JobRecord, att: AttemptRecord, why: str, now: float) -> None:
+        self.registry.update_attempt(job.id, att.number, last_report_time=now)
+        if job.state == STARTING and job.phase != why:
+            with self.lifecycle.lock:
+                current = self.registry.get_job(job.id)
+                if current.state == STARTING and current.attempt == att.number:
+                    self.registry.update_job(job.id, phase=why)
 
     # -- admission --------------------------------------------------------------------------
     def usage(self, active: list[JobRecord]) -> tuple[dict[str, QueueUsage], dict[str, str]]:
@@ -211,9 +225,10 @@ class Supervisor:
             )
         try:
             ref = self.executor.start(job.id, number, placement)
-        except OSError as exc:
+        except (OSError, TunelabError) as exc:
+            why = exc.message if isinstance(exc, TunelabError) else str(exc)
             self.lifecycle.end_attempt(
-                job.id, number, Exit("ExecutorError", f"cannot start the agent: {exc}")
+                job.id, number, Exit("ExecutorError", f"cannot start the agent: {why}")
             )
             return True
         self.registry.update_attempt(job.id, number, executor_ref=ref)
