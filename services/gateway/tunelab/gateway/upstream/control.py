@@ -49,11 +49,15 @@ class ReplicaClient:
             for m in resp.json().get("data", [])
         ]
 
-    def load_adapter(self, name: str, path: str) -> None:
+    def load_adapter(self, name: str, path: str, timeout_s: float = 120.0) -> None:
         """Loads a LoRA adapter at runtime; FailedPrecondition with the fix when the server does not
-        allow it (vLLM registers the route only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
+        allow it (vLLM registers the route only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
+        ``timeout_s`` is its own: vLLM answers only once the adapter is in the engine, which can
+        take longer than the health checks' timeout this client otherwise uses."""
         try:
-            resp = self._http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+            resp = self._http.post(
+                "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}, timeout=timeout_s
+            )
         except httpx.HTTPError as exc:
             raise Unavailable(f"{self.base_url}/v1/load_lora_adapter: {exc}") from None
         if resp.status_code in (404, 405):

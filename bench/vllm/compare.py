@@ -1,0 +1,112 @@
+"""Direct against through the gateway, side by side: the same streaming completion requests (a fixed
+prompt set, fixed ``max_tokens``, ``ignore_eos`` so each request generates exactly that many tokens)
+at each concurrency, in rounds that alternate which side goes first (ABBA) so drift in the engine
+(warming, clocks, temperature) falls on both sides alike. A warm-up round on each side comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from load import RoundResult, new_loop, run_round, summarize
+
+
+@dataclass
+class Plan:
+    concurrency: tuple[int, ...] = (1, 16, 64)
+    rounds: int = 4  # ABBA order: with an even number each side goes first equally often
+    max_tokens: int = 128
+    per_worker: int = 2  # requests each worker sends per round, at least
+    min_requests: int = 4  # requests per round, at least (matters at concurrency 1)
+    warmup_concurrency: int = 8
+    stagger_s: float = 0.0  # spread the workers' first requests over this many seconds (0: lockstep)
+
+    def per_worker_at(self, concurrency: int) -> int:
+        return max(self.per_worker, math.ceil(self.min_requests / concurrency))
+
+
+def bodies(model: str, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": model,
+            "prompt": p,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        for p in prompts
+    ]
+
+
+def run(
+    sides: dict[str, tuple[str, str]],
+    prompts: list[str],
+    plan: Plan,
+    after_round: Callable[[str, int], None] = lambda side, c: None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """``sides``: name → (base URL, model name). Returns per concurrency, per side, the summary of
+    its rounds, and the gateway/direct comparison when the sides are named so."""
+    out: dict[str, Any] = {}
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        for name, (url, model) in sides.items():
+            warm = runner.run(
+                run_round(url, bodies(model, prompts, plan.max_tokens), plan.warmup_concurrency, 1)
+            )
+            failed = [r.error for r in warm.requests if not r.ok]
+            if failed:
+                raise RuntimeError(f"warm-up on {name} ({url}) failed: {failed[0]}")
+        for c in plan.concurrency:
+            rounds: dict[str, list[RoundResult]] = {name: [] for name in sides}
+            per_worker = plan.per_worker_at(c)
+            for r in range(plan.rounds):
+                order = list(sides) if r % 2 == 0 else list(reversed(sides))
+                for name in order:
+                    url, model = sides[name]
+                    result = runner.run(
+                        run_round(url, bodies(model, prompts, plan.max_tokens), c, per_worker, plan.stagger_s)
+                    )
+                    rounds[name].append(result)
+                    after_round(name, c)
+            level: dict[str, Any] = {name: summarize(rs) for name, rs in rounds.items()}
+            level["requests_per_worker"] = per_worker
+            if {"direct", "gateway"} <= set(sides):
+                level["comparison"] = compare(level["direct"], level["gateway"])
+            out[f"c{c}"] = level
+            log(line(c, level))
+    return out
+
+
+def compare(direct: dict[str, Any], gateway: dict[str, Any]) -> dict[str, float | None]:
+    def diff(key: str) -> float | None:
+        d, g = direct.get(key), gateway.get(key)
+        return None if d is None or g is None else round(g - d, 3)
+
+    d_tps, g_tps = direct["output_tokens_per_s"], gateway["output_tokens_per_s"]
+    return {
+        "throughput_ratio": round(g_tps / d_tps, 4) if d_tps and g_tps else None,
+        "ttft_p50_added_ms": diff("ttft_ms_p50"),
+        "ttft_p99_added_ms": diff("ttft_ms_p99"),
+        "itl_p50_added_ms": diff("itl_ms_p50"),
+    }
+
+
+def line(c: int, level: dict[str, Any]) -> str:
+    parts = [f"c={c:<3d}"]
+    for name in ("direct", "gateway"):
+        s = level.get(name)
+        if s:
+            parts.append(
+                f"{name}: {s['output_tokens_per_s']} tok/s, ttft p50 {s['ttft_ms_p50']} ms "
+                f"p99 {s['ttft_ms_p99']} ms, errors {s['errors']}"
+            )
+    cmp_ = level.get("comparison")
+    if cmp_:
+        parts.append(f"ratio {cmp_['throughput_ratio']}, ttft p50 +{cmp_['ttft_p50_added_ms']} ms")
+    return " | ".join(parts)
