@@ -179,6 +179,9 @@ def test_torchrun_wraps_multi_process_commands(tmp_path: Path) -> None:
     assert build_argv(["bash", "-c", "run"], env)[1:4] == ["-m", "torch.distributed.run", "--no-python"]
     assert build_argv(["torchrun", "train.py"], env) == ["torchrun", "train.py"]
     assert build_argv(["python", "train.py"], {"PET_NPROC_PER_NODE": "1"}) == ["python", "train.py"]
+    # several nodes with one process each (a Kubernetes job of N one-GPU pods) still need torchrun
+    nodes = {"PET_NPROC_PER_NODE": "1", "PET_NNODES": "2", "PATH": os.environ["PATH"]}
+    assert build_argv(["python", "train.py"], nodes)[1:3] == ["-m", "torch.distributed.run"]
     with pytest.raises(CommandNotFound, match="not found on PATH"):
         resolve(["no-such-program-x"], {"PATH": str(tmp_path)}, tmp_path)
 

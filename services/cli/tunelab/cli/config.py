@@ -2,16 +2,17 @@
 
 Each setting is resolved on its own, first match wins:
 
-1. a command-line flag (``--datasets-addr``, ``--token``),
-2. an environment variable (``TUNELAB_DATASETS_ADDR``, ``TUNELAB_TOKEN``, ...),
-3. the config file, ``$TUNELAB_CONFIG`` or ``~/.config/tunelab/config.yaml``, e.g.::
+1. a command-line flag (``--datasets-addr``, ``--gateway-url``, ``--token``, ...),
+2. an environment variable (``TUNELAB_DATASETS_ADDR``, ``TUNELAB_GATEWAY_URL``, ``TUNELAB_TOKEN``, ...),
+3. the config file, ``--config``, ``$TUNELAB_CONFIG`` or ``~/.config/tunelab/config.yaml``, e.g.::
 
-       datasets_addr: tunelab.example.com:50051
+       trainer_addr: tunelab.example.com:50053
+       gateway_url: https://tunelab.example.com
        token: s3cr3t
        output: table
 
-4. a default; for a service address that is the stack ``tunelab up`` runs in the data dir, when
-   it is running, else ``localhost:<default port>``.
+4. a default; for a service address (and the gateway's HTTP URL) that is the stack ``tunelab up``
+   runs in the data dir, when it is running, else ``localhost:<default port>``.
 
 :class:`Clients` makes the typed clients from a :class:`Config`, one channel per service.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.common.errors import InvalidArgument
-from tunelab.common.settings import DEFAULT_PORTS
+from tunelab.common.settings import DEFAULT_HTTP_PORTS, DEFAULT_PORTS
 
 if TYPE_CHECKING:
     import grpc
@@ -36,6 +37,7 @@ SERVICES = tuple(DEFAULT_PORTS)  # datasets, environments, trainer, gateway
 # config-file key → environment variable
 ENV_VARS: dict[str, str] = {
     **{f"{svc}_addr": f"TUNELAB_{svc.upper()}_ADDR" for svc in SERVICES},
+    "gateway_url": "TUNELAB_GATEWAY_URL",
     "token": "TUNELAB_TOKEN",
     "data_dir": "TUNELAB_DATA_DIR",
     "cache_dir": "TUNELAB_CACHE_DIR",
@@ -53,13 +55,17 @@ class Config:
     # DatasetClient keeps blobs in cache_dir/blobs and file hashes in cache_dir/hashes.sqlite
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "tunelab")
     output: str = "table"
+    gateway_url: str = f"http://localhost:{DEFAULT_HTTP_PORTS['gateway']}"  # the HTTP front door
     origin: Mapping[str, str] = field(default_factory=dict)  # setting → where it came from
+    path: Path | None = None  # the config file consulted (it may not exist)
 
     def address(self, service: str) -> str:
         return self.addresses[service]
 
 
-def config_path(env: Mapping[str, str]) -> Path:
+def config_path(env: Mapping[str, str], flag: str | None = None) -> Path:
+    if flag:
+        return Path(flag).expanduser()
     if env.get("TUNELAB_CONFIG"):
         return Path(env["TUNELAB_CONFIG"]).expanduser()
     base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
@@ -89,9 +95,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def load_config(flags: Mapping[str, str | None], env: Mapping[str, str] | None = None) -> Config:
-    """Resolves every setting from ``flags`` (None: not given), ``env`` and the config file."""
+    """Resolves every setting from ``flags`` (None: not given), ``env`` and the config file
+    (``flags["config"]``, else ``$TUNELAB_CONFIG``, else the default path)."""
     env = os.environ if env is None else env
-    path = config_path(env)
+    path = config_path(env, flags.get("config"))
+    if flags.get("config") and not path.is_file():
+        raise InvalidArgument(f"--config {path}: no such file")
     file = read_config_file(path)
     values: dict[str, str] = {}
     origin: dict[str, str] = {}
@@ -109,6 +118,15 @@ def load_config(flags: Mapping[str, str | None], env: Mapping[str, str] | None =
         addr = values.get(f"{svc}_addr") or _local_stack_address(data_dir, svc)
         addresses[svc] = addr or f"localhost:{DEFAULT_PORTS[svc]}"
         origin.setdefault(f"{svc}_addr", "local stack" if addr else "default")
+    gateway_url = values.get("gateway_url") or _local_stack_url(data_dir, "gateway")
+    origin.setdefault("gateway_url", "local stack" if gateway_url else "default")
+    if not gateway_url:
+        host = addresses["gateway"].rsplit(":", 1)[0]
+        gateway_url = f"http://{host}:{DEFAULT_HTTP_PORTS['gateway']}"
+    if "://" not in gateway_url:
+        raise InvalidArgument(
+            f"gateway_url: {gateway_url!r} ({origin['gateway_url']}) must be a URL, e.g. http://localhost:8000"
+        )
     output = values.get("output", "table").lower()
     if output not in ("table", "json", "yaml"):
         raise InvalidArgument(f"output: {output!r} ({origin['output']}) must be table, json or yaml")
@@ -118,7 +136,9 @@ def load_config(flags: Mapping[str, str | None], env: Mapping[str, str] | None =
         data_dir=data_dir,
         cache_dir=Path(values.get("cache_dir") or _default_cache_dir(env)).expanduser(),
         output=output,
+        gateway_url=gateway_url.rstrip("/"),
         origin=origin,
+        path=path,
     )
 
 
@@ -129,10 +149,18 @@ def _default_cache_dir(env: Mapping[str, str]) -> Path:
 
 def _local_stack_address(data_dir: Path, service: str) -> str:
     """The address of ``service`` when ``tunelab up`` runs it from ``data_dir``."""
-    from tunelab.cli import stack
+    from tunelab.cli.runstate import running_record
 
-    record = stack.running_record(data_dir, service)
+    record = running_record(data_dir, service)
     return record.address if record else ""
+
+
+def _local_stack_url(data_dir: Path, service: str) -> str:
+    """The HTTP URL of ``service`` when ``tunelab up`` runs it from ``data_dir``."""
+    from tunelab.cli.runstate import running_record
+
+    record = running_record(data_dir, service)
+    return record.http_url if record else ""
 
 
 class Clients:

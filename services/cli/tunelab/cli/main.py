@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from tunelab.cli.commands import agent, datasets, environments, jobs, models, queues
+from tunelab.cli.commands import agent, configure, datasets, environments, jobs, models, queues
 from tunelab.cli.output import Format
 
 
@@ -62,7 +62,12 @@ def _friendly(exc: Exception, clients: Any) -> typer.Exit | None:
             where = f"{service} at {address}" if address else service
             return _fail(f"cannot reach {where} — is `tunelab up` running?")
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            return _fail(f"{service} refused the token: {details} (set --token or TUNELAB_TOKEN)")
+            return _fail(
+                f"{service} refused the token: {details} (set --token, TUNELAB_TOKEN or `token` in the "
+                "config file: `tunelab config set token …`)"
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return _fail(f"{service} did not answer in time: {details or 'deadline exceeded'}")
         return _fail(details or f"{service} answered {code.name}")
     from tunelab.common.errors import TunelabError
 
@@ -80,26 +85,40 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     pretty_exceptions_show_locals=False,
 )
-app.add_typer(datasets.app, name="dataset")
-app.add_typer(environments.app, name="env")
-app.add_typer(models.app, name="model")
-app.add_typer(models.keys, name="key")
-app.command("generate")(models.generate)
-app.add_typer(jobs.app, name="job")
-app.add_typer(queues.app, name="queue")
-app.command("agent")(agent.agent)
+RESOURCES = "Resources"
+app.add_typer(datasets.app, name="dataset", rich_help_panel=RESOURCES)
+app.add_typer(environments.app, name="env", rich_help_panel=RESOURCES)
+app.add_typer(jobs.app, name="job", rich_help_panel=RESOURCES)
+app.add_typer(queues.app, name="queue", rich_help_panel=RESOURCES)
+app.add_typer(models.app, name="model", rich_help_panel=RESOURCES)
+app.add_typer(models.keys, name="key", rich_help_panel=RESOURCES)
+
+
+def _addr_opt(service: str, port: int) -> Any:
+    return typer.Option(
+        f"--{service}-addr",
+        help=f"host:port of the {service} service. Else TUNELAB_{service.upper()}_ADDR, the config file, "
+        f"the stack `tunelab up` runs, localhost:{port}.",
+        show_default=False,
+        rich_help_panel="Where the services are",
+    )
 
 
 @app.callback()
 def root(
     ctx: typer.Context,
-    datasets_addr: Annotated[
+    datasets_addr: Annotated[str | None, _addr_opt("datasets", 50051)] = None,
+    environments_addr: Annotated[str | None, _addr_opt("environments", 50052)] = None,
+    trainer_addr: Annotated[str | None, _addr_opt("trainer", 50053)] = None,
+    gateway_addr: Annotated[str | None, _addr_opt("gateway", 50054)] = None,
+    gateway_url: Annotated[
         str | None,
         typer.Option(
-            "--datasets-addr",
-            help="host:port of the datasets service. Else TUNELAB_DATASETS_ADDR, the config file, "
-            "the stack `tunelab up` runs, localhost:50051.",
+            "--gateway-url",
+            help="The gateway's HTTP front door. Else TUNELAB_GATEWAY_URL, the config file, the stack "
+            "`tunelab up` runs, port 8000 of the gateway's host.",
             show_default=False,
+            rich_help_panel="Where the services are",
         ),
     ] = None,
     token: Annotated[
@@ -108,17 +127,38 @@ def root(
             "--token",
             help="Bearer token for the services. Else TUNELAB_TOKEN or the config file.",
             show_default=False,
+            rich_help_panel="Where the services are",
+        ),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help="The config file. Else TUNELAB_CONFIG, ~/.config/tunelab/config.yaml.",
+            show_default=False,
+            rich_help_panel="Where the services are",
         ),
     ] = None,
 ) -> None:
-    """Global options come before the command: tunelab --datasets-addr host:50051 dataset ls
+    """Global options come before the command: tunelab --trainer-addr host:50053 job ls
 
-    Settings come from flags, then TUNELAB_* variables, then ~/.config/tunelab/config.yaml
-    ($TUNELAB_CONFIG), e.g. `datasets_addr: host:50051`, `token: …`, `output: json`.
+    Each setting comes from its flag, else its TUNELAB_* variable, else the config file
+    (~/.config/tunelab/config.yaml or $TUNELAB_CONFIG, e.g. `trainer_addr: host:50053`,
+    `token: …`, `output: json`), else the stack `tunelab up` runs. `tunelab config show` prints
+    what is in effect and where it came from. Shell completion: `tunelab --install-completion`.
     """
     from tunelab.cli.config import Clients, load_config
 
-    ctx.obj = Clients(load_config({"datasets_addr": datasets_addr, "token": token}))
+    flags = {
+        "datasets_addr": datasets_addr,
+        "environments_addr": environments_addr,
+        "trainer_addr": trainer_addr,
+        "gateway_addr": gateway_addr,
+        "gateway_url": gateway_url,
+        "token": token,
+        "config": config,
+    }
+    ctx.obj = Clients(load_config(flags))
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -178,6 +218,12 @@ def up(
             show_default=False,
         ),
     ] = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            help="The gateway's HTTP port (default 8000).", envvar="TUNELAB_HTTP_PORT", show_default=False
+        ),
+    ] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for each service to report SERVING.")
     ] = 60.0,
@@ -195,7 +241,7 @@ def up(
     Examples:
 
         tunelab up
-        tunelab up --data-dir /srv/tunelab --port-base 60051 --foreground
+        tunelab up --data-dir /srv/tunelab --port-base 60051 --http-port 8080 --foreground
     """
     from tunelab.cli import stack
 
@@ -210,6 +256,7 @@ def up(
         s3_secure=False if s3_insecure else None,
         port_base=port_base,
         metrics_port_base=metrics_port_base,
+        http_port_value=http_port,
         start_timeout_s=timeout,
     )
     opts.data_dir.mkdir(parents=True, exist_ok=True)
@@ -275,6 +322,11 @@ def version() -> None:
         typer.echo(f"tunelab {dist_version('tunelab-cli')}")
     except PackageNotFoundError:
         typer.echo("tunelab (not installed as a distribution)")
+
+
+app.command("generate")(models.generate)
+app.add_typer(configure.app, name="config")
+app.command("agent")(agent.agent)
 
 
 def main() -> None:

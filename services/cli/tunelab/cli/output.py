@@ -13,7 +13,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -25,6 +27,20 @@ class Format(StrEnum):
     table = "table"
     json = "json"
     yaml = "yaml"
+
+
+# Every command that prints a resource takes this option; None: the `output` setting (table).
+OutputOpt = Annotated[
+    Format | None,
+    typer.Option(
+        "--output", "-o", help="table, json or yaml (default: table, or `output` in the config file)."
+    ),
+]
+
+
+def fmt_of(ctx: typer.Context, output: Format | None) -> Format:
+    """The format a command prints in: its -o, else the `output` setting."""
+    return output or Format(ctx.obj.config.output)
 
 
 def human_bytes(n: float) -> str:

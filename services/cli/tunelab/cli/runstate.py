@@ -30,6 +30,14 @@ class RunRecord:
     metrics_port: int
     log: str
     started: float
+    http_port: int = 0  # the gateway's HTTP front door; 0: the service has none
+
+    @property
+    def http_url(self) -> str:
+        """``http://host:port`` of the service's HTTP port, "" without one."""
+        if not self.http_port or not self.address:
+            return ""
+        return f"http://{self.address.rsplit(':', 1)[0]}:{self.http_port}"
 
 
 @dataclass(frozen=True)

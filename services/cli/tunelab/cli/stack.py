@@ -11,11 +11,18 @@ the data dir (default ``~/.tunelab``):
 Ports: the defaults of ``tunelab.common.settings``; ``port_base`` moves them all (datasets at
 base+0, environments +1, trainer +2, gateway +3); ``TUNELAB_<SERVICE>_PORT`` moves one. Metrics
 ports likewise (``metrics_port_base``, ``TUNELAB_<SERVICE>_METRICS_PORT``; 0 turns /metrics off).
+The gateway's HTTP port is ``http_port`` (else ``TUNELAB_HTTP_PORT``, else 8000); the run record
+keeps it, so the CLI finds the front door of the stack it talks to.
+
+Environments are built on the stack's own interpreter (``TUNELAB_PYTHONS`` unless set): jobs run
+through the agent on it, so it is the "image" whose packages an environment with system site
+packages sees (see ``tunelab.cli.agent.image``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -43,7 +50,7 @@ from tunelab.cli.runstate import (
     run_dir,
     running_record,
 )
-from tunelab.common.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+from tunelab.common.settings import DEFAULT_HTTP_PORTS, DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 
 Echo = Callable[[str], None]
 
@@ -81,6 +88,7 @@ class StackOptions:
     s3_secure: bool | None = None
     port_base: int | None = None
     metrics_port_base: int | None = None
+    http_port_value: int | None = None
     start_timeout_s: float = 60.0
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
@@ -102,6 +110,21 @@ class StackOptions:
         if base is not None:
             return base + defaults[spec.name] - defaults[SERVICES[0].name]
         return defaults[spec.name]
+
+    def http_port(self, spec: ServiceSpec) -> int:
+        """The service's HTTP port (the gateway's front door); 0 for a service without one."""
+        if spec.name not in DEFAULT_HTTP_PORTS:
+            return 0
+        if self.http_port_value is not None:
+            return self.http_port_value
+        if self.env.get("TUNELAB_HTTP_PORT"):
+            try:
+                return int(self.env["TUNELAB_HTTP_PORT"])
+            except ValueError:
+                raise StackError(
+                    f"TUNELAB_HTTP_PORT={self.env['TUNELAB_HTTP_PORT']!r} is not a port number"
+                ) from None
+        return DEFAULT_HTTP_PORTS[spec.name]
 
     def address(self, spec: ServiceSpec) -> str:
         host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
@@ -170,10 +193,12 @@ def _start(
     if importlib.util.find_spec(spec.module) is None:
         raise StackError(f"{spec.module} is not installed in {sys.executable}: install tunelab-{spec.name}")
     _clear_record(opts.data_dir, spec.name)  # a stale record from a crashed run
-    port, metrics_port = opts.port(spec), opts.metrics_port(spec)
+    port, metrics_port, http_port = opts.port(spec), opts.metrics_port(spec), opts.http_port(spec)
     _check_free(opts.host or "127.0.0.1", port, spec, "gRPC", f"TUNELAB_{spec.name.upper()}_PORT")
     if metrics_port:
         _check_free("0.0.0.0", metrics_port, spec, "metrics", f"TUNELAB_{spec.name.upper()}_METRICS_PORT")
+    if http_port:
+        _check_free(opts.host or "127.0.0.1", http_port, spec, "HTTP", "TUNELAB_HTTP_PORT", "--http-port N")
 
     log = opts.data_dir / "logs" / f"{spec.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -183,14 +208,16 @@ def _start(
             out.flush()
         proc = subprocess.Popen(
             [sys.executable, "-m", spec.module],
-            env=_service_env(opts, spec, port, metrics_port),
+            env=_service_env(opts, spec, port, metrics_port, http_port),
             cwd=opts.data_dir,
             stdin=subprocess.DEVNULL,
             stdout=None if foreground else out,
             stderr=None if foreground else subprocess.STDOUT,
             start_new_session=not foreground,  # background services outlive this shell's Ctrl-C
         )
-    rec = RunRecord(spec.name, proc.pid, spec.module, opts.address(spec), metrics_port, str(log), time.time())
+    rec = RunRecord(
+        spec.name, proc.pid, spec.module, opts.address(spec), metrics_port, str(log), time.time(), http_port
+    )
     _write_record(opts.data_dir, rec)
     try:
         _wait_serving(proc, rec, opts.token, opts.start_timeout_s, foreground)
@@ -199,20 +226,25 @@ def _start(
         proc.wait()
         _clear_record(opts.data_dir, spec.name)
         raise
-    echo(f"{spec.name} is up: pid {proc.pid}, {rec.address}" + ("" if foreground else f", log {log}"))
+    front = f", HTTP {rec.http_url}" if rec.http_url else ""
+    echo(f"{spec.name} is up: pid {proc.pid}, {rec.address}{front}" + ("" if foreground else f", log {log}"))
     return proc, rec
 
 
-def _check_free(host: str, port: int, spec: ServiceSpec, what: str, var: str) -> None:
+def _check_free(
+    host: str, port: int, spec: ServiceSpec, what: str, var: str, flag: str = "--port-base N"
+) -> None:
     if port_in_use(host, port):
         raise StackError(
             f"cannot start {spec.name}: its {what} port {port} on {host} is already in use by another "
-            f"process. Stop that process, or choose other ports with `tunelab up --port-base N` "
+            f"process. Stop that process, or choose other ports with `tunelab up {flag}` "
             f"(or {var}=N)."
         )
 
 
-def _service_env(opts: StackOptions, spec: ServiceSpec, port: int, metrics_port: int) -> dict[str, str]:
+def _service_env(
+    opts: StackOptions, spec: ServiceSpec, port: int, metrics_port: int, http_port: int = 0
+) -> dict[str, str]:
     # Inherit the caller's environment (PATH, proxies, and TUNELAB_* settings such as
     # TUNELAB_ALLOW_PRIVATE_ADDRESSES or TUNELAB_LOG_LEVEL pass through), then set the stack's own.
     env = dict(opts.env)
@@ -223,6 +255,10 @@ def _service_env(opts: StackOptions, spec: ServiceSpec, port: int, metrics_port:
         TUNELAB_METRICS_PORT=str(metrics_port),
         PYTHONUNBUFFERED="1",
     )
+    if http_port:
+        env["TUNELAB_HTTP_PORT"] = str(http_port)
+    if spec.name == "environments" and not env.get("TUNELAB_PYTHONS"):
+        env["TUNELAB_PYTHONS"] = json.dumps([sys.executable])  # the interpreter jobs run on
     # Every service learns where the others are (the same variables the CLI reads).
     env.update({f"TUNELAB_{other.name.upper()}_ADDR": opts.address(other) for other in SERVICES})
     optional = {

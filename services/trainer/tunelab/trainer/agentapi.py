@@ -116,7 +116,11 @@ class AgentApi:
             if batch.exit is not None:
                 e = batch.exit
                 code = e.exit_code if e.HasField("exit_code") else None
-                self.lifecycle.end_attempt(job_id, attempt, Exit(e.reason, e.message, code, e.signal))
+                ended = Exit(e.reason, e.message, code, e.signal)
+                # Worker 0 commits the outputs and its exit ends the attempt; another worker's
+                # success only means its share is done, but any worker's failure ends it at once.
+                if worker == 0 or not ended.succeeded:
+                    self.lifecycle.end_attempt(job_id, attempt, ended)
             job = self.registry.get_job(job_id)
             cancelling = job.state == CANCELLING and job.attempt == attempt
             return Ack(last, cancelling, self.lifecycle.grace_of(job), job.attempt != attempt)

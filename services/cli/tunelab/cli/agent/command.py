@@ -38,13 +38,15 @@ def command_env(
 
 
 def build_argv(command: list[str], env: Mapping[str, str]) -> list[str]:
-    """``command``, under torchrun (of the job's Python) when PET_NPROC_PER_NODE > 1.
+    """``command``, under torchrun (of the job's Python) when the attempt has several processes:
+    PET_NPROC_PER_NODE > 1, or several nodes (PET_NNODES > 1, one process each).
 
     ``python x.py`` becomes ``python -m torch.distributed.run x.py``; any other program runs with
     ``--no-python``; a command that already is torchrun is left alone (PET_* configure it)."""
     nproc = int(env.get("PET_NPROC_PER_NODE", "1") or 1)
+    nnodes = int(env.get("PET_NNODES", "1") or 1)
     head = os.path.basename(command[0])
-    if nproc <= 1 or head == "torchrun" or "torch.distributed.run" in command[:3]:
+    if (nproc <= 1 and nnodes <= 1) or head == "torchrun" or "torch.distributed.run" in command[:3]:
         return list(command)
     python = shutil.which("python", path=env.get("PATH")) or "python"
     launcher = [python, "-m", "torch.distributed.run"]

@@ -24,6 +24,7 @@ class Outputs:
         self.client, self.reporter, self.provenance = client, reporter, provenance
         self.mounts = [m for m in mounts if m.output]
         self._last: dict[str, str] = {}
+        self._committed: set[str] = set()  # the mounts this attempt committed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -47,10 +48,14 @@ class Outputs:
                 snapshot(m.path, snap)
                 digest = self.client.manifest_of(snap).digest()
                 if digest == self._last.get(m.spec_path):
+                    if final and m.spec_path not in self._committed:
+                        since = _short(m.start_version) if m.start_version else "the start (empty)"
+                        self.reporter.say(f"{m.spec_path} is unchanged since {since}: nothing to commit")
                     continue
                 kind = "final" if final else "periodic"
                 v = self.client.push(m.dataset_id, snap, provenance={**self.provenance, "commit": kind})
                 self._last[m.spec_path] = digest
+                self._committed.add(m.spec_path)
                 self.reporter.commit(m.spec_path, v.name, final)
                 self.reporter.say(
                     f"committed {m.spec_path} as {_short(v.name)} ({kind}, {v.file_count} files)"

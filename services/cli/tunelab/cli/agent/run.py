@@ -17,6 +17,7 @@ import grpc
 
 from tunelab.cli.agent import mounts as mnt
 from tunelab.cli.agent.command import STDOUT, Command, CommandNotFound, build_argv, command_env, resolve
+from tunelab.cli.agent.image import layer_image
 from tunelab.cli.agent.outputs import Outputs
 from tunelab.cli.agent.recipemetrics import failure_reason, parse_event, to_point
 from tunelab.cli.agent.reporter import Reporter
@@ -140,7 +141,9 @@ class Agent:
         self._check()
         argv = resolve(build_argv(list(spec.command), env), env, work)
         outputs = None
-        if client is not None and any(m.output for m in mounts):
+        # Worker 0 commits the outputs: in a job of several nodes the recipe writes checkpoints on
+        # rank 0, and the trainer ends the attempt on worker 0's exit (or any worker's failure).
+        if self.worker == 0 and client is not None and any(m.output for m in mounts):
             outputs = Outputs(client, mounts, self.reporter, {"job": self.job, "attempt": str(self.attempt)})
             outputs.baseline()
         self.stage = "command"
@@ -170,6 +173,8 @@ class Agent:
         else:
             root = client.materialize(name)
         self.reporter.say(f"environment {name} ({root.name[:12]}) at {root}")
+        if line := layer_image(root):
+            self.reporter.say(line)
         return root / "bin"
 
     def _on_line(self, stream: int, text: str) -> None:

@@ -125,7 +125,10 @@ class GatewayClient:
                             raise GatewayError(event["error"])
                         yield event.get("text_output", "")
         except httpx.ConnectError as exc:
-            raise GatewayError(f"cannot reach the gateway at {self.http_url} ({exc}); set --url") from None
+            raise GatewayError(
+                f"cannot reach the gateway's HTTP front door at {self.http_url} — is `tunelab up` running? "
+                f"({exc}; set --gateway-url or TUNELAB_GATEWAY_URL for another gateway)"
+            ) from None
 
 
 def _message(text: str) -> str:

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tunelab.cli import completion as complete
 from tunelab.cli.commands.sources import SOURCE_HELP, S3Options, parse_labels, parse_source
-from tunelab.cli.output import Format
+from tunelab.cli.output import Format, OutputOpt, fmt_of
 
 if TYPE_CHECKING:
     from tunelab.cli.clients.datasets import DatasetClient
@@ -27,18 +28,19 @@ app = typer.Typer(
 )
 
 NameArg = Annotated[
-    str, typer.Argument(metavar="NAME", help="Dataset name: lower-case letters, digits and '-'.")
+    str,
+    typer.Argument(
+        metavar="NAME",
+        help="Dataset name: lower-case letters, digits and '-'.",
+        autocompletion=complete.datasets,
+    ),
 ]
 RefArg = Annotated[
     str,
     typer.Argument(
-        metavar="NAME[@VERSION]", help="A dataset, or one version: NAME@3 (default: latest READY)."
-    ),
-]
-OutputOpt = Annotated[
-    Format | None,
-    typer.Option(
-        "--output", "-o", help="table, json or yaml (default: table, or `output` in the config file)."
+        metavar="NAME[@VERSION]",
+        help="A dataset, or one version: NAME@3 (default: latest READY).",
+        autocompletion=complete.datasets,
     ),
 ]
 NoWaitOpt = Annotated[
@@ -49,10 +51,6 @@ NoWaitOpt = Annotated[
 # -- helpers -----------------------------------------------------------------------------------
 def _client(ctx: typer.Context) -> DatasetClient:
     return ctx.obj.datasets()  # type: ignore[no-any-return]
-
-
-def _fmt(ctx: typer.Context, output: Format | None) -> Format:
-    return output or Format(ctx.obj.config.output)
 
 
 def _summary(v: pb.DatasetVersion) -> str:
@@ -143,7 +141,7 @@ def create(
             line += f"; follow it with `tunelab dataset watch {name}@{versions[-1].name.rsplit('/', 1)[-1]}`"
         elif versions:
             line += f"; {_summary(_follow(client, versions[-1]))}"
-    _result(_fmt(ctx, output), client.get(name), line)
+    _result(fmt_of(ctx, output), client.get(name), line)
 
 
 @app.command("ls")
@@ -156,7 +154,7 @@ def list_datasets(ctx: typer.Context, output: OutputOpt = None) -> None:
     """
     from tunelab.cli.output import render
 
-    render(list(_client(ctx).list()), _fmt(ctx, output))
+    render(list(_client(ctx).list()), fmt_of(ctx, output))
 
 
 @app.command()
@@ -172,7 +170,7 @@ def get(ctx: typer.Context, ref: RefArg, output: OutputOpt = None) -> None:
 
     client = _client(ctx)
     msg = client.get_version(ref) if "@" in ref or "/versions/" in ref else client.get(ref)
-    render(msg, _fmt(ctx, output))
+    render(msg, fmt_of(ctx, output))
 
 
 @app.command()
@@ -185,7 +183,7 @@ def versions(ctx: typer.Context, name: NameArg, output: OutputOpt = None) -> Non
     """
     from tunelab.cli.output import render
 
-    render(list(_client(ctx).list_versions(name)), _fmt(ctx, output))
+    render(list(_client(ctx).list_versions(name)), fmt_of(ctx, output))
 
 
 @app.command()
@@ -198,7 +196,7 @@ def watch(ctx: typer.Context, ref: RefArg, output: OutputOpt = None) -> None:
     """
     client = _client(ctx)
     v = _follow(client, client.get_version(ref))
-    _result(_fmt(ctx, output), v, _summary(v))
+    _result(fmt_of(ctx, output), v, _summary(v))
 
 
 @app.command()
@@ -220,7 +218,7 @@ def sync(ctx: typer.Context, name: NameArg, no_wait: NoWaitOpt = False, output: 
     else:
         v = _follow(client, v)
         line = _summary(v)
-    _result(_fmt(ctx, output), v, line)
+    _result(fmt_of(ctx, output), v, line)
 
 
 @app.command()
@@ -283,7 +281,7 @@ def push(
     client = _client(ctx)
     with transfer(f"uploading {directory}") as progress:
         v = client.push(name, directory, progress)
-    _result(_fmt(ctx, output), v, _summary(v))
+    _result(fmt_of(ctx, output), v, _summary(v))
 
 
 @app.command()
@@ -296,13 +294,18 @@ def files(ctx: typer.Context, ref: RefArg, output: OutputOpt = None) -> None:
     """
     from tunelab.cli.output import render
 
-    render(list(_client(ctx).list_files(ref)), _fmt(ctx, output))
+    render(list(_client(ctx).list_files(ref)), fmt_of(ctx, output))
 
 
 @app.command()
 def transform(
     ctx: typer.Context,
-    source: Annotated[str, typer.Argument(metavar="SRC[@VERSION]", help="The version to read.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SRC[@VERSION]", help="The version to read.", autocompletion=complete.datasets
+        ),
+    ],
     to: Annotated[
         str, typer.Option("--to", help="Dataset to write a new version into (created if missing).")
     ],
@@ -318,7 +321,7 @@ def transform(
         tunelab dataset transform advertisegen --to advertisegen-conv
     """
     v = _client(ctx).transform(source, transform_name, to)
-    _result(_fmt(ctx, output), v, _summary(v))
+    _result(fmt_of(ctx, output), v, _summary(v))
 
 
 @app.command("rm")
@@ -364,4 +367,4 @@ def gc(
     r = _client(ctx).gc(dry_run)
     verb = "would delete" if dry_run else "deleted"
     line = f"{verb} {r.blobs_deleted} blobs ({human_bytes(r.bytes_deleted)}); {r.blobs_kept} kept"
-    _result(_fmt(ctx, output), r, line)
+    _result(fmt_of(ctx, output), r, line)

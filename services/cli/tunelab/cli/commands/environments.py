@@ -15,7 +15,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import typer
 
-from tunelab.cli.output import COLUMNS, Format, age, human_bytes, state_name
+from tunelab.cli import completion as complete
+from tunelab.cli.output import COLUMNS, Format, OutputOpt, age, fmt_of, human_bytes, state_name
 from tunelab.common.errors import InvalidArgument, TunelabError
 
 if TYPE_CHECKING:
@@ -30,12 +31,11 @@ app = typer.Typer(
 )
 
 NameArg = Annotated[
-    str, typer.Argument(metavar="NAME", help="Environment name: lower-case letters, digits, '-'.")
-]
-OutputOpt = Annotated[
-    Format | None,
-    typer.Option(
-        "--output", "-o", help="table, json or yaml (default: table, or `output` in the config file)."
+    str,
+    typer.Argument(
+        metavar="NAME",
+        help="Environment name: lower-case letters, digits, '-'.",
+        autocompletion=complete.environments,
     ),
 ]
 
@@ -61,10 +61,6 @@ def _client(ctx: typer.Context) -> EnvironmentClient:
     clients.config.cache_dir.mkdir(parents=True, exist_ok=True)
     address = clients.config.address("environments")
     return EnvironmentClient(clients.channel("environments"), clients.config.cache_dir, address=address)
-
-
-def _fmt(ctx: typer.Context, output: Format | None) -> Format:
-    return output or Format(ctx.obj.config.output)
 
 
 def _index(url: str) -> pb.PackageIndex:
@@ -107,8 +103,21 @@ def _follow(client: EnvironmentClient, name: str, after_line: int = 0) -> pb.Env
     return env
 
 
-def _summary(env: pb.Environment) -> str:
+def _existing(client: EnvironmentClient, name: str) -> pb.Environment | None:
+    import grpc
+
+    try:
+        return client.get(name)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            return None
+        raise
+
+
+def _summary(env: pb.Environment, unchanged: bool = False) -> str:
     hit = " (cache hit)" if env.cache_hit else ""
+    if unchanged:
+        hit = " (unchanged: built earlier from this spec)"
     return (
         f"environment {env.name.removeprefix('environments/')} is {state_name(env)}{hit}: "
         f"Python {env.resolved_python_version}, {env.package_count} packages, {human_bytes(env.size_bytes)}, "
@@ -191,17 +200,21 @@ def create(
             exclude_newer if "T" in exclude_newer else f"{exclude_newer}T00:00:00Z"
         )
     client = _client(ctx)
+    before = _existing(client, name)
     env = client.create(name, spec, description, parse_labels(label or []), replace)
+    unchanged = before is not None and before.create_time == env.create_time
     if not no_wait and state_name(env) not in ("READY", "FAILED"):
         env = _follow(client, name)
     elif state_name(env) == "FAILED":
         raise TunelabError(f"environment {name} FAILED: {env.error}")
-    if _fmt(ctx, output) is Format.table:
+    if fmt_of(ctx, output) is Format.table:
         typer.echo(
-            _summary(env) if state_name(env) == "READY" else f"started {name}; `tunelab env logs -f {name}`"
+            _summary(env, unchanged)
+            if state_name(env) == "READY"
+            else f"started {name}; `tunelab env logs -f {name}`"
         )
     else:
-        render(env, _fmt(ctx, output))
+        render(env, fmt_of(ctx, output))
 
 
 @app.command("ls")
@@ -214,7 +227,7 @@ def list_environments(ctx: typer.Context, output: OutputOpt = None) -> None:
     """
     from tunelab.cli.output import render
 
-    render(list(_client(ctx).list()), _fmt(ctx, output))
+    render(list(_client(ctx).list()), fmt_of(ctx, output))
 
 
 @app.command()
@@ -227,7 +240,7 @@ def get(ctx: typer.Context, name: NameArg, output: OutputOpt = None) -> None:
     """
     from tunelab.cli.output import render
 
-    render(_client(ctx).get(name), _fmt(ctx, output))
+    render(_client(ctx).get(name), fmt_of(ctx, output))
 
 
 @app.command()
@@ -313,8 +326,8 @@ def gc(
     from tunelab.cli.output import render
 
     r = _client(ctx).gc(max_bytes, min_idle, dry_run)
-    if _fmt(ctx, output) is not Format.table:
-        render(r, _fmt(ctx, output))
+    if fmt_of(ctx, output) is not Format.table:
+        render(r, fmt_of(ctx, output))
         return
     verb = "would delete" if dry_run else "deleted"
     gone = ", ".join(n.removeprefix("environments/") for n in r.deleted_environments) or "nothing"

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tunelab.cli.output import Format
+from tunelab.cli import completion as complete
+from tunelab.cli.output import Format, OutputOpt, fmt_of
 
 if TYPE_CHECKING:
     from tunelab.cli.clients.trainer import TrainerClient
@@ -22,11 +23,10 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The job's name (see `tunelab job ls`).")]
-OutputOpt = Annotated[
-    Format | None,
-    typer.Option(
-        "--output", "-o", help="table, json or yaml (default: table, or `output` in the config file)."
+NameArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="NAME", help="The job's name (see `tunelab job ls`).", autocompletion=complete.jobs
     ),
 ]
 STATES = ("QUEUED", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLING", "CANCELLED")
@@ -39,14 +39,10 @@ def client(ctx: typer.Context) -> TrainerClient:
     return TrainerClient(clients.channel("trainer"), address=clients.config.address("trainer"))
 
 
-def _fmt(ctx: typer.Context, output: Format | None) -> Format:
-    return output or Format(ctx.obj.config.output)
-
-
 def _show(ctx: typer.Context, output: Format | None, job: pb.Job, line: str) -> None:
     from tunelab.cli.jobview import render
 
-    fmt = _fmt(ctx, output)
+    fmt = fmt_of(ctx, output)
     if fmt is Format.table:
         typer.echo(line)
     else:
@@ -101,7 +97,15 @@ def submit(
             help="NAME[@VERSION]:PATH, repeatable. An `empty`-source dataset is an output.",
         ),
     ] = None,
-    env: Annotated[str, typer.Option("--env", "--runtime-env", help="Environment (`tunelab env ls`).")] = "",
+    env: Annotated[
+        str,
+        typer.Option(
+            "--env",
+            "--runtime-env",
+            help="Environment (`tunelab env ls`).",
+            autocompletion=complete.environments,
+        ),
+    ] = "",
     envs: Annotated[list[str] | None, typer.Option("--envs", "-e", help="KEY=VALUE variables.")] = None,
     labels: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     annotations: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
@@ -118,7 +122,12 @@ def submit(
     ] = None,
     shm_size: Annotated[int, typer.Option(help="MiB of /dev/shm (container executors).")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything, submit nothing.")] = False,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Follow the job until it ends.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", "--watch", "-w", help="Follow the job until it ends, as `tunelab job watch`."
+        ),
+    ] = False,
     output: OutputOpt = None,
 ) -> None:
     r"""Submit a job: it waits in its queue (by priority, then submission time) until it can start.
@@ -129,8 +138,11 @@ def submit(
           --resources cpu=8,memory=16Gi,nvidia.com/gpu=1 --queue default \
           --working-dir /work/ChatGLM3 --datasets advertisegen-conv:data/AdvertiseGen_fix \
           --datasets chatglm3-6b:chatglm3-6b --datasets output:output \
-          --restart-policy on-failure -- \
+          --restart-policy on-failure --follow -- \
           python -m tunelab.recipes.lora data/AdvertiseGen_fix ./chatglm3-6b configs/lora.yaml
+
+    With --follow it shows the job's progress (step, loss, tokens/s, ETA) until it ends and exits 0
+    when it SUCCEEDED, 1 otherwise.
     """
     from tunelab.cli.commands.jobspec import SubmitFlags, build_spec
     from tunelab.cli.jobview import follow_job, job_state, short
@@ -146,9 +158,9 @@ def submit(
     job = trainer.submit(spec, job_id, validate_only=dry_run)
     verb = "would submit" if dry_run else "submitted"
     line = f"{verb} job {short(job.name)} ({job_state(job)}, priority {job.spec.priority})"
-    if not dry_run and not watch:
+    if not dry_run and not follow:
         line += f"; follow it with `tunelab job watch {short(job.name)}`"
-    if watch and not dry_run:
+    if follow and not dry_run:
         typer.echo(line)
         job = follow_job(trainer.watch(job.name)) or job
         _finish(job, short(job.name))
@@ -182,7 +194,7 @@ def list_jobs(
             raise typer.BadParameter(f"{s!r}: use one of {', '.join(STATES)}", param_hint="'--state'")
         states.append(getattr(pb.Job, f"STATE_{s.upper()}"))
     jobs = list(client(ctx).list(queue, states, parse_pairs(label or [], "--label")))
-    render(jobs, _fmt(ctx, output))
+    render(jobs, fmt_of(ctx, output))
 
 
 @app.command()
@@ -196,10 +208,10 @@ def get(ctx: typer.Context, name: NameArg, output: OutputOpt = None) -> None:
     from tunelab.cli.jobview import describe, render
 
     job = client(ctx).get(name)
-    if _fmt(ctx, output) is Format.table:
+    if fmt_of(ctx, output) is Format.table:
         typer.echo(describe(job))
     else:
-        render(job, _fmt(ctx, output))
+        render(job, fmt_of(ctx, output))
 
 
 @app.command()
@@ -260,7 +272,7 @@ def metrics(
     """
     from tunelab.cli.jobview import render
 
-    render(list(client(ctx).metrics(name, attempt, eval_only=eval_only)), _fmt(ctx, output))
+    render(list(client(ctx).metrics(name, attempt, eval_only=eval_only)), fmt_of(ctx, output))
 
 
 @app.command()
@@ -296,17 +308,23 @@ def restart(ctx: typer.Context, name: NameArg, output: OutputOpt = None) -> None
     _show(ctx, output, job, f"job {name} is {job_state(job)} again (attempt {job.attempt + 1} next)")
 
 
-@app.command("delete")
+@app.command("rm")
+@app.command("delete", hidden=True)  # the name it had first; `rm` as for every other resource
 def delete(
     ctx: typer.Context,
-    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Jobs to delete.")],
+    names: Annotated[
+        list[str], typer.Argument(metavar="NAME...", help="Jobs to delete.", autocompletion=complete.jobs)
+    ],
     force: Annotated[bool, typer.Option("--force", help="Kill unfinished jobs first.")] = False,
 ) -> None:
     """Delete finished jobs with their logs and metrics (committed outputs stay in their datasets).
 
-    Example:
+    An unfinished job is refused unless --force, which kills it first.
 
-        tunelab job delete finetune-chatglm3
+    Examples:
+
+        tunelab job rm finetune-chatglm3
+        tunelab job delete finetune-chatglm3 --force      # delete: another name for rm
     """
     trainer = client(ctx)
     for name in names:

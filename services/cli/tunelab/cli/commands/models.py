@@ -14,41 +14,49 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tunelab.cli.output import Format
+from tunelab.cli import completion as complete
+from tunelab.cli.output import Format, OutputOpt, fmt_of
 
 if TYPE_CHECKING:
     from tunelab.cli.clients.gateway import GatewayClient
 
-app = typer.Typer(help="Model deployments on the gateway: deploy, list, show, remove.", no_args_is_help=True)
-keys = typer.Typer(help="API keys for the gateway's HTTP routes.", no_args_is_help=True)
+app = typer.Typer(
+    help="Model deployments on the gateway: deploy, list, show, remove.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+keys = typer.Typer(
+    help="API keys for the gateway's HTTP routes.", no_args_is_help=True, rich_markup_mode="markdown"
+)
+NameArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="NAME", help="The deployment (see `tunelab model ls`).", autocompletion=complete.deployments
+    ),
+]
 
-OutputOpt = Annotated[Format | None, typer.Option("--output", "-o", help="table, json or yaml.")]
 UrlOpt = Annotated[
     str,
     typer.Option(
-        "--url", envvar="TUNELAB_GATEWAY_URL", help="The gateway's HTTP URL (default: its host, port 8000)."
+        "--url",
+        help="The gateway's HTTP URL (default: the global --gateway-url: TUNELAB_GATEWAY_URL, the config "
+        "file, the stack `tunelab up` runs, port 8000 of the gateway's host).",
+        show_default=False,
     ),
 ]
 
 
 def client(ctx: typer.Context, url: str = "", api_key: str = "") -> GatewayClient:
     from tunelab.cli.clients.gateway import GatewayClient
-    from tunelab.common.settings import DEFAULT_HTTP_PORTS
 
     clients = ctx.obj
-    host = clients.config.address("gateway").rsplit(":", 1)[0]
-    http_url = url or f"http://{host}:{DEFAULT_HTTP_PORTS['gateway']}"
-    return GatewayClient(clients.channel("gateway"), http_url, api_key)
-
-
-def _fmt(ctx: typer.Context, output: Format | None) -> Format:
-    return output or Format(ctx.obj.config.output)
+    return GatewayClient(clients.channel("gateway"), url or clients.config.gateway_url, api_key)
 
 
 def _show(ctx: typer.Context, items: Any, output: Format | None) -> None:
     from tunelab.cli.output import render, render_rows
 
-    fmt = _fmt(ctx, output)
+    fmt = fmt_of(ctx, output)
     msgs: list[Any] = items if isinstance(items, list) else [items]
     if fmt is not Format.table:
         render(items, fmt)  # type: ignore[arg-type]
@@ -104,6 +112,8 @@ def deploy(
 ) -> None:
     """Deploy a base model with LoRA adapters on vLLM servers or the embedded engine.
 
+    Waits until the deployment is READY (or FAILED, exit 1) unless --no-wait.
+
     Examples:
 
         tunelab model deploy chatglm3-ad --base chatglm3-6b --adapter output@3:checkpoint-3000
@@ -145,19 +155,34 @@ def deploy(
 
 @app.command("ls")
 def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
-    """List deployments. Example: tunelab model ls -o json"""
+    """List deployments.
+
+    Example:
+
+        tunelab model ls -o json
+    """
     _show(ctx, list(client(ctx).list()), output)
 
 
 @app.command()
-def get(ctx: typer.Context, name: str, output: OutputOpt = None) -> None:
-    """Show one deployment, with why it is not READY. Example: tunelab model get chatglm3-ad"""
+def get(ctx: typer.Context, name: NameArg, output: OutputOpt = None) -> None:
+    """Show one deployment, with why it is not READY.
+
+    Example:
+
+        tunelab model get chatglm3-ad -o yaml
+    """
     _show(ctx, client(ctx).get(name), output)
 
 
 @app.command()
-def rm(ctx: typer.Context, name: str) -> None:
-    """Remove a deployment (in-flight requests finish first). Example: tunelab model rm chatglm3-ad"""
+def rm(ctx: typer.Context, name: NameArg) -> None:
+    """Remove a deployment (in-flight requests finish first).
+
+    Example:
+
+        tunelab model rm chatglm3-ad
+    """
     client(ctx).delete(name)
     typer.echo(f"removed {name}")
 
@@ -180,7 +205,12 @@ def generate(
 ) -> None:
     """Send a Triton generate request through the gateway and print the text.
 
-    Examples: tunelab generate chatglm3-ad "类型#上衣*颜色#黑色" ; tunelab generate chatglm3-ad "hi" --stream
+    It is the seed's `POST /v2/models/NAME/generate` (`/generate_stream` with --stream).
+
+    Examples:
+
+        tunelab generate chatglm3-ad "类型#上衣*颜色#黑色"
+        tunelab generate chatglm3-ad "hi" --stream --max-tokens 64
     """
     from tunelab.cli.clients.gateway import parse_sampling
 
@@ -207,7 +237,12 @@ def key_create(
     ] = None,
     display_name: Annotated[str, typer.Option(help="A note about who uses it.")] = "",
 ) -> None:
-    """Create an API key; the secret is printed once. Example: tunelab key create ci --model chatglm3-ad"""
+    """Create an API key; its secret is printed once (on stdout, the rest on stderr).
+
+    Example:
+
+        tunelab key create ci --model chatglm3-ad
+    """
     key, secret = client(ctx).create_key(name, display_name, model)
     typer.echo(f"created {key.name}; its secret (shown only now):", err=True)
     typer.echo(secret)
@@ -215,14 +250,26 @@ def key_create(
 
 @keys.command("ls")
 def key_ls(ctx: typer.Context, output: OutputOpt = None) -> None:
-    """List API keys (never their secrets). Example: tunelab key ls"""
+    """List API keys (never their secrets).
+
+    Example:
+
+        tunelab key ls -o json
+    """
     from tunelab.cli.output import render
 
-    render(client(ctx).list_keys(), _fmt(ctx, output))
+    render(client(ctx).list_keys(), fmt_of(ctx, output))
 
 
 @keys.command("rm")
-def key_rm(ctx: typer.Context, name: str) -> None:
-    """Revoke an API key at once. Example: tunelab key rm ci"""
+def key_rm(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")]
+) -> None:
+    """Revoke an API key at once.
+
+    Example:
+
+        tunelab key rm ci
+    """
     client(ctx).delete_key(name)
     typer.echo(f"revoked {name}")

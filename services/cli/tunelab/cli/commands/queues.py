@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tunelab.cli.commands.jobs import client
-from tunelab.cli.output import Format
+from tunelab.cli.output import Format, OutputOpt, fmt_of
 
 if TYPE_CHECKING:
     from tunelab.trainer.v1 import trainer_pb2 as pb
@@ -18,15 +18,10 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Queue name.")]
-OutputOpt = Annotated[Format | None, typer.Option("--output", "-o", help="table, json or yaml.")]
 GpuOpt = Annotated[int | None, typer.Option(help="GPUs the queue's running jobs may hold together.")]
 JobsOpt = Annotated[int | None, typer.Option(help="Jobs of the queue that may run at once.")]
 CpuOpt = Annotated[str | None, typer.Option(help="CPU quota, e.g. 32 or 500m.")]
 MemOpt = Annotated[str | None, typer.Option(help="Memory quota, e.g. 128Gi.")]
-
-
-def _fmt(ctx: typer.Context, output: Format | None) -> Format:
-    return output or Format(ctx.obj.config.output)
 
 
 def _queue(
@@ -71,7 +66,7 @@ def create(
     from tunelab.cli.jobview import render
 
     q, _ = _queue(name, description, gpu_quota, max_concurrent_jobs, cpu_quota, memory_quota)
-    render(client(ctx).create_queue(name, q), _fmt(ctx, output))
+    render(client(ctx).create_queue(name, q), fmt_of(ctx, output))
 
 
 @app.command("ls")
@@ -84,7 +79,7 @@ def list_queues(ctx: typer.Context, output: OutputOpt = None) -> None:
     """
     from tunelab.cli.jobview import render
 
-    render(client(ctx).list_queues(), _fmt(ctx, output))
+    render(client(ctx).list_queues(), fmt_of(ctx, output))
 
 
 @app.command()
@@ -97,7 +92,7 @@ def get(ctx: typer.Context, name: NameArg, output: OutputOpt = None) -> None:
     """
     from tunelab.cli.jobview import render
 
-    render(client(ctx).get_queue(name), _fmt(ctx, output))
+    render(client(ctx).get_queue(name), fmt_of(ctx, output))
 
 
 @app.command()
@@ -129,16 +124,20 @@ def update(
         fields.append("state")
     if not fields:
         raise typer.BadParameter("nothing to change: give a quota, --description, --pause or --resume")
-    render(client(ctx).update_queue(q, fields), _fmt(ctx, output))
+    render(client(ctx).update_queue(q, fields), fmt_of(ctx, output))
 
 
-@app.command()
+@app.command("rm")
+@app.command("delete", hidden=True)  # the name it had first; `rm` as for every other resource
 def delete(ctx: typer.Context, name: NameArg) -> None:
-    """Delete a queue that holds no unfinished jobs.
+    """Delete a queue.
 
-    Example:
+    A queue that still holds unfinished jobs is refused, and so is the default queue.
 
-        tunelab queue delete research
+    Examples:
+
+        tunelab queue rm research
+        tunelab queue delete research      # delete: another name for rm
     """
     client(ctx).delete_queue(name)
     typer.echo(f"deleted queue {name}")
@@ -156,8 +155,8 @@ def capacity(ctx: typer.Context, output: OutputOpt = None) -> None:
     from tunelab.cli.output import human_bytes, table_out
 
     cap = client(ctx).capacity()
-    if _fmt(ctx, output) is not Format.table:
-        render(cap, _fmt(ctx, output))
+    if fmt_of(ctx, output) is not Format.table:
+        render(cap, fmt_of(ctx, output))
         return
     typer.echo(
         f"{cap.executor} executor: {cap.free_gpus}/{cap.total_gpus} GPUs free, "

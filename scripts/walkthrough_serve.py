@@ -1,0 +1,97 @@
+"""The walkthrough's last step: base model + the job's adapter deployed through the gateway on the
+embedded engine, called as the seed calls it (Triton generate, with curl) and as OpenAI clients do,
+then the gateway's Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from walkthrough import DEPLOYMENT, MODEL, Walkthrough
+from walkthrough_tools import BOLD, RESET, WalkthroughError, curl_command
+
+METRICS = (
+    "tunelab_gateway_requests_total",
+    "tunelab_gateway_request_duration_seconds_count",
+    "tunelab_gateway_generation_tokens_total",
+)
+
+
+def prompt() -> str:
+    """An AdvertiseGen input of the sample's kind (content: key#value pairs)."""
+    from tunelab.recipes.advertisegen_sample import generate
+
+    return generate(1, seed=2024)[0]["content"]
+
+
+def chatml(text: str) -> str:
+    """``text`` as a user turn in the model's chat format (ChatML, the tiny model's template)."""
+    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def serve(w: Walkthrough, adapter: str) -> dict[str, Any]:
+    """Deploys ``MODEL`` with ``adapter`` (``output@N``), sends both requests, reads the metrics."""
+    w.say(
+        f"""
+The seed serves the output with vLLM. The gateway speaks the same API over vLLM or, here, its
+embedded engine (transformers + peft on CPU): the base model from the {MODEL} dataset, the LoRA
+adapter from {adapter}, loaded by the gateway through the datasets service."""
+    )
+    if w.cli.ok("model", "get", DEPLOYMENT):
+        w.say(f"{DEPLOYMENT} is deployed from an earlier run: removing it, to deploy this run's adapter")
+        w.cli.run("model", "rm", DEPLOYMENT)
+    w.cli.run("model", "deploy", DEPLOYMENT, "--base", MODEL, "--adapter", f"ad={adapter}")
+    settings = {row["setting"]: row["value"] for row in w.cli.data("config", "show")}
+    url = settings["gateway_url"]
+    content = prompt()
+    tokens = w.sizes.answer_tokens
+
+    w.say(
+        f"""
+The seed's request: Triton's generate endpoint, as Triton serves it with its vLLM backend. It
+takes raw text, so the prompt is written in the model's chat format (ChatML for this model;
+ChatGLM3 has its own). max_tokens is {tokens} instead of the seed's 1024."""
+    )
+    generate_url = f"{url}/v2/models/{DEPLOYMENT}/generate"
+    sampling = {"temperature": 0.7, "top_p": 0.95, "max_tokens": tokens}
+    body = {"text_input": chatml(content), "stream": False, "sampling_parameters": json.dumps(sampling)}
+    w.echo(f"{BOLD}$ {curl_command(generate_url, body)}{RESET}")
+    generated = _post(generate_url, body)
+    w.echo(json.dumps(generated, ensure_ascii=False, indent=2))
+
+    w.say("\nThe same deployment through the OpenAI API (the chat template is applied for you):")
+    chat_url = f"{url}/v1/chat/completions"
+    chat_body = {
+        "model": DEPLOYMENT,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": tokens,
+        "temperature": 0,
+    }
+    w.echo(f"{BOLD}$ {curl_command(chat_url, chat_body)} -H 'content-type: application/json'{RESET}")
+    chat = _post(chat_url, chat_body)
+    w.echo(f"answer: {chat['choices'][0]['message']['content']}")
+    w.echo(f"usage:  {json.dumps(chat['usage'])}")
+
+    metrics_url = f"{url}/metrics"
+    text = httpx.get(metrics_url, timeout=30).text
+    lines = [line for line in text.splitlines() if line.startswith(METRICS)]
+    w.say(f"\nPrometheus metrics of the gateway at {metrics_url} (and of every service on its metrics port):")
+    for line in lines:
+        w.echo(f"  {line}")
+    return {
+        "gateway_url": url,
+        "deployment": w.cli.data("model", "get", DEPLOYMENT),
+        "prompt": content,
+        "generate": generated,
+        "chat": chat,
+        "metrics": lines,
+    }
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.post(url, json=body, timeout=300)
+    if resp.status_code != 200:
+        raise WalkthroughError(f"POST {url} answered {resp.status_code}: {resp.text[:500]}")
+    return dict(resp.json())

@@ -1,0 +1,176 @@
+"""What the walkthrough's steps stand on: the `tunelab` command line run as a user runs it, the
+inputs it registers (a tiny model, an AdvertiseGen-format archive, ChatGLM3's requirements) and a
+small HTTP file server that plays the dataset's download site."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shlex
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+TUNELAB = str(Path(sys.executable).parent / "tunelab")
+BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+
+# ChatGLM3's finetune_demo/requirements.txt (THUDM/ChatGLM3 at HEAD), as the seed builds it.
+CHATGLM3_REQUIREMENTS = """\
+jieba>=0.42.1
+ruamel_yaml>=0.18.6
+rouge_chinese>=1.0.3
+jupyter>=1.0.0
+datasets>=2.18.0
+peft>=0.10.0
+deepspeed==0.16.2
+mpi4py>=3.1.5
+"""
+
+
+class WalkthroughError(Exception):
+    """A step did not get the result it needs; the message says which command and why."""
+
+
+class Cli:
+    """Runs ``tunelab`` in a subprocess with ``env``: shown commands print their command line and
+    write to this terminal (progress bars included); quiet ones return parsed ``-o json``."""
+
+    def __init__(self, env: Mapping[str, str], echo: Callable[[str], None] = print) -> None:
+        self.env = dict(env)
+        self.echo = echo
+
+    def run(self, *args: str, check: bool = True) -> int:
+        """``tunelab ARGS`` as a user types it: the command, its own output, how long it took."""
+        self.echo(f"{BOLD}$ tunelab {shlex.join(args)}{RESET}")
+        started = time.monotonic()
+        sys.stdout.flush()
+        code = subprocess.run([TUNELAB, *args], env=self.env, check=False).returncode
+        self.echo(f"{DIM}  ({time.monotonic() - started:.1f} s){RESET}")
+        if check and code != 0:
+            raise WalkthroughError(f"`tunelab {shlex.join(args)}` failed with exit code {code}")
+        return code
+
+    def data(self, *args: str) -> Any:
+        """The result of ``tunelab ARGS -o json``, quietly."""
+        proc = subprocess.run(
+            [TUNELAB, *args, "-o", "json"], env=self.env, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise WalkthroughError(f"`tunelab {shlex.join(args)} -o json` failed: {proc.stderr.strip()}")
+        return json.loads(proc.stdout)
+
+    def ok(self, *args: str) -> bool:
+        """Whether ``tunelab ARGS`` succeeds (e.g. ``dataset get NAME``: whether it exists), quietly."""
+        proc = subprocess.run([TUNELAB, *args], env=self.env, capture_output=True, check=False)
+        return proc.returncode == 0
+
+
+def say(text: str, echo: Callable[[str], None] = print) -> None:
+    """An explanation between commands, dimmed on a terminal."""
+    for line in text.strip("\n").splitlines():
+        echo(f"{DIM}  {line}{RESET}" if line else "")
+
+
+def short_version(name: str) -> str:
+    """``datasets/output/versions/3`` → ``output@3``."""
+    parts = name.split("/")
+    return f"{parts[1]}@{parts[3]}" if len(parts) == 4 else name
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def build_model(directory: Path, pretrain_steps: int, echo: Callable[[str], None] = print) -> Path:
+    """A tiny causal LM with a tokenizer trained on AdvertiseGen-like text, pretrained for
+    ``pretrain_steps`` on ad copy (once: an earlier run's model is reused)."""
+    import shutil
+
+    from tunelab.recipes import advertisegen_sample
+    from tunelab.recipes.tinymodel import build_tiny_model
+
+    if (directory / "config.json").is_file():
+        return directory
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Writing model shards": not this demo's news
+    partial = directory.with_name(f"{directory.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build_tiny_model(partial, advertisegen_sample.corpus(), "llama")
+    if pretrain_steps:
+        echo(pretrain(partial, pretrain_steps))
+    partial.rename(directory)
+    return directory
+
+
+def pretrain(model_dir: Path, steps: int, batch_size: int = 16) -> str:
+    """Trains every weight of the model in ``model_dir`` as a causal LM on ad copy (the summaries
+    of generated records, another seed than the sample's), so that, like a real base model, it
+    already writes the language before LoRA teaches it the task. Returns a line saying how it went."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.recipes.advertisegen_sample import generate
+
+    started = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    texts = [r["summary"] + tokenizer.eos_token for r in generate(2000, seed=7)]
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for step in range(steps):
+        batch = [texts[(step * batch_size + i) % len(texts)] for i in range(batch_size)]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=128)
+        loss = model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.save_pretrained(model_dir, safe_serialization=True)
+    return (
+        f"  pretrained the stand-in on ad copy: {steps} steps, loss {losses[0]:.2f} → {losses[-1]:.2f} "
+        f"({time.monotonic() - started:.0f} s)"
+    )
+
+
+def build_archive(directory: Path, n_train: int, n_dev: int) -> Path:
+    """``AdvertiseGen.tar.gz`` laid out as the real download (``AdvertiseGen/train.json``, ``dev.json``)."""
+    from tunelab.recipes.advertisegen_sample import write_sample
+
+    sample = write_sample(directory / "AdvertiseGen", n_train=n_train, n_dev=n_dev, seed=0)
+    archive = directory / "AdvertiseGen.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train.json", "dev.json"):
+            tar.add(sample / split, arcname=f"AdvertiseGen/{split}")
+    return archive
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 serving ``directory``; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(_QuietHandler, directory=str(directory))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def curl_command(url: str, body: dict[str, Any]) -> str:
+    """The request as the curl command a user would paste."""
+    return f"curl -X POST {url} \\\n  -d {shlex.quote(json.dumps(body, ensure_ascii=False))}"
