@@ -11,7 +11,7 @@ SERVICES  := services/common services/datasets services/environments services/tr
 STAMP     := $(VENV)/.installed
 TORCH     ?= torch==2.13.0
 
-.PHONY: help setup tools protos protos-check lint validate test demo bench-prewarm bench-envbuild bench-gateway clean
+.PHONY: help setup tools protos protos-check lint validate test demo bench-prewarm bench-envbuild bench-gateway bench-train bench-vllm bench-vllm-rehearsal clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -70,6 +70,15 @@ bench-envbuild: setup  ## environment build benchmark against pip and uv (writes
 
 bench-gateway: setup  ## gateway overhead vs direct, nginx and LiteLLM, with wrk (writes bench/results/gateway.json)
 	$(PY) bench/gateway/run.py
+
+bench-train:  ## LoRA training speed vs ChatGLM3's HF Trainer setup, on a GPU box with torch, transformers and peft (writes bench/results/train.json)
+	python3 bench/train/run.py
+
+bench-vllm:  ## real vLLM behind the gateway on a Linux GPU box with vLLM installed (writes bench/results/vllm.json)
+	python3 bench/vllm/run.py
+
+bench-vllm-rehearsal: setup  ## the bench-vllm flow on CPU, tunelab's embedded engine in vLLM's place
+	$(PY) bench/vllm/run.py --engine embedded --concurrency 1,4 --rounds 2 --max-tokens 16
 
 clean:  ## remove the environment and caches
 	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -14,15 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recipehelpers import write_jsonl
 from tunelab.recipes import advertisegen_sample
-from tunelab.recipes.lora.batching import (
-    BatchStream,
-    PackedLayout,
-    PaddedLayout,
-    choose_packing_mode,
-    forward_logits,
-    loss_sum,
-)
+from tunelab.recipes.lora.attention import choose_packing_mode
+from tunelab.recipes.lora.batching import BatchStream, PackedLayout, PaddedLayout
 from tunelab.recipes.lora.data import IGNORE_INDEX, ChatFormat, Sample, tokenize_file
+from tunelab.recipes.lora.loss import forward_logits, loss_sum
 from tunelab.recipes.tinymodel import build_tiny_model
 
 

@@ -2,5 +2,7 @@
 
 Accepts ChatGLM3 finetune_demo's `configs/lora.yaml` unchanged and runs on any Hugging Face causal LM
 directory. Modules: config (+ schema: YAML -> typed settings), data (conversations -> tokens), batching
-(padded or packed batches), model (loading + LoRA), recipe (the one class), checkpoint, evaluate, metrics.
+(padded or packed batches), attention (varlen attention, the packing probe), loss (chunked, answer
+tokens only), speed (profiles, compilation), model (loading + LoRA), recipe (the one class),
+checkpoint, evaluate, metrics.
 """

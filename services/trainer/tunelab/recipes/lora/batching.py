@@ -5,31 +5,35 @@ tensors. The order of an epoch depends only on (seed, epoch), so the stream of m
 restarted at any index: resuming needs no dataloader state.
 
 Packed rows hold several samples back to back, padded to a fixed `pack_length`; position ids restart
-at 0 for every sample, and a sample never attends to another one. Two ways to enforce that:
-- "position_ids": no attention mask; the model derives per-sample (varlen) attention from the
-  restarting position ids (transformers does this for its own models: block-diagonal masks for
-  sdpa/eager/flex, varlen kernels for FlashAttention);
+at 0 for every sample, and a sample never attends to another one. Three ways to enforce that
+(`attention.choose_packing_mode` proves the chosen one on the real model before training):
+- "varlen": the rows of a micro-batch become one row plus `cu_seqlens`, the offsets where samples
+  start; the `tunelab_varlen` attention (attention.py) runs each sample on its own, without a mask;
+- "position_ids": no attention mask; the model derives per-sample attention from the restarting
+  position ids (transformers does this for its own models with block-diagonal masks);
 - "mask": an explicit 4D block-diagonal causal mask, for models that only honour masks.
-`choose_packing_mode` runs a small probe on the real model and keeps the first mode that isolates
-samples, so a model that would silently attend across samples is caught before training.
+
+Every batch also carries where its loss is: `loss_index` (flat positions whose next token is
+trained) and `loss_targets`, computed here on the host so the loss needs no device sync.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import random
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from tunelab.recipes.lora.data import IGNORE_INDEX, Sample
-from tunelab.recipes.lora.errors import ModelError
 
 Plan = list[list[int]]  # rows of sample indices for one micro-batch
 Autocast = Callable[[], contextlib.AbstractContextManager[Any]]  # mixed-precision context for forwards
+PACKING_MODES = ("varlen", "position_ids", "mask")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class Batch:
     num_tokens: int  # real tokens (no padding)
     num_label_tokens: int  # tokens that count in the loss (after the shift)
     num_samples: int
+    loss_index: torch.Tensor  # [num_label_tokens] flat index (row * L + position) of predicting tokens
+    loss_targets: torch.Tensor  # [num_label_tokens] the token each of them must predict
+    cu_seqlens: torch.Tensor | None = None  # varlen: int32 [segments + 1] offsets into the single row
+    max_seqlen: int = 0  # varlen: an upper bound of the segments' lengths
 
     def to(self, device: torch.device) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -52,6 +60,24 @@ class Batch:
             labels=self.labels.to(device, non_blocking=True),
             attention_mask=move(self.attention_mask),
             position_ids=move(self.position_ids),
+            loss_index=self.loss_index.to(device, non_blocking=True),
+            loss_targets=self.loss_targets.to(device, non_blocking=True),
+            cu_seqlens=move(self.cu_seqlens),
+        )
+
+    def pin_memory(self) -> Batch:
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory()
+
+        return replace(
+            self,
+            input_ids=self.input_ids.pin_memory(),
+            labels=self.labels.pin_memory(),
+            attention_mask=pin(self.attention_mask),
+            position_ids=pin(self.position_ids),
+            loss_index=self.loss_index.pin_memory(),
+            loss_targets=self.loss_targets.pin_memory(),
+            cu_seqlens=pin(self.cu_seqlens),
         )
 
 
@@ -89,12 +115,24 @@ class PaddedLayout:
 
 
 class PackedLayout:
-    """Samples back to back in rows of `pack_length` tokens, in epoch order (next-fit)."""
+    """Samples back to back in rows of `pack_length` tokens, in epoch order (next-fit).
 
-    def __init__(self, batch_size: int, pack_length: int, pad_id: int, mode: str = "position_ids") -> None:
-        if mode not in ("position_ids", "mask"):
-            raise ValueError(f"packing mode must be position_ids or mask, got {mode!r}")
+    `segment_cap` (varlen): the padding tail of a row is split into segments of at most this many
+    tokens, so `max_seqlen` is a constant (the longest sample) and compiled code sees one shape.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        pack_length: int,
+        pad_id: int,
+        mode: str = "position_ids",
+        segment_cap: int | None = None,
+    ) -> None:
+        if mode not in PACKING_MODES:
+            raise ValueError(f"packing mode must be one of {', '.join(PACKING_MODES)}, got {mode!r}")
         self.batch_size, self.pack_length, self.pad_id, self.mode = batch_size, pack_length, pad_id, mode
+        self.segment_cap = segment_cap or pack_length
         self.name = f"packed/{mode}"
 
     def plan(self, samples: Sequence[Sample], order: Sequence[int]) -> list[Plan]:
@@ -110,11 +148,12 @@ class PackedLayout:
         return [rows[s : s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
 
     def collate(self, samples: Sequence[Sample], plan: Plan) -> Batch:
-        length = self.pack_length
+        length, cap = self.pack_length, self.segment_cap
         ids = torch.full((len(plan), length), self.pad_id, dtype=torch.long)
         labels = torch.full((len(plan), length), IGNORE_INDEX, dtype=torch.long)
         positions = torch.zeros((len(plan), length), dtype=torch.long)
         seq_ids = torch.zeros((len(plan), length), dtype=torch.long)
+        starts: list[int] = []  # varlen: where every segment starts in the flattened row
         real = 0
         for r, row in enumerate(plan):
             at = 0
@@ -126,12 +165,21 @@ class PackedLayout:
                 labels[r, at] = IGNORE_INDEX  # never predicted from the previous sample's last token
                 positions[r, at : at + n] = torch.arange(n)
                 seq_ids[r, at : at + n] = k
+                starts.append(r * length + at)
                 at += n
-            positions[r, at:] = torch.arange(length - at)  # the padding tail is a segment of its own
-            seq_ids[r, at:] = len(row)
+            tail = torch.arange(length - at)
+            positions[r, at:] = tail % cap  # the padding tail: segments of its own, at most `cap` long
+            seq_ids[r, at:] = len(row) + tail // cap
+            starts += [r * length + t for t in range(at, length, cap)]
             real += at
+        samples_in = sum(len(row) for row in plan)
+        if self.mode == "varlen":
+            flat = ids.reshape(1, -1), labels.reshape(1, -1), positions.reshape(1, -1)
+            batch = _batch(*flat[:2], None, flat[2], real, samples_in)
+            cu = torch.tensor([*starts, len(plan) * length], dtype=torch.int32)
+            return replace(batch, cu_seqlens=cu, max_seqlen=cap)
         mask = block_causal_mask(seq_ids) if self.mode == "mask" else None
-        return _batch(ids, labels, mask, positions, real, sum(len(row) for row in plan))
+        return _batch(ids, labels, mask, positions, real, samples_in)
 
 
 def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -151,8 +199,18 @@ def _batch(
     real: int,
     samples: int,
 ) -> Batch:
-    counted = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    return Batch(ids, labels, mask, positions, real, counted, samples)
+    trained = (labels[:, 1:] != IGNORE_INDEX).nonzero()  # (row, position) predicting a trained token
+    index = trained[:, 0] * labels.shape[1] + trained[:, 1]
+    targets = labels[trained[:, 0], trained[:, 1] + 1]
+    return Batch(ids, labels, mask, positions, real, len(index), samples, index, targets)
+
+
+def epoch_order(count: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """The sample order of one epoch: a function of (seed, epoch) only."""
+    order = list(range(count))
+    if shuffle:
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
 
 
 class BatchStream:
@@ -164,9 +222,7 @@ class BatchStream:
 
     def epoch_plans(self, epoch: int) -> list[Plan]:
         if self._plans is None or self._plans[0] != epoch:
-            order = list(range(len(self.samples)))
-            if self.shuffle:
-                random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            order = epoch_order(len(self.samples), self.seed, epoch, self.shuffle)
             self._plans = (epoch, self.layout.plan(self.samples, order))
         return self._plans[1]
 
@@ -186,70 +242,44 @@ class BatchStream:
             epoch, index = epoch + 1, 0
 
 
-def loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Summed next-token cross-entropy over the batch's label tokens (fp32), from one forward pass."""
-    logits = forward_logits(model, batch)[:, :-1]
-    targets = batch.labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
+class Prefetcher:
+    """Collates the next micro-batches on a background thread (pinned for a GPU), so the GPU never waits.
 
+    Iterate it like the stream it wraps; `close()` stops the thread (the recipe calls it when training
+    ends). An exception in the thread is raised in the consumer.
+    """
 
-def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    if batch.position_ids is not None:
-        kwargs["position_ids"] = batch.position_ids
-    mask = batch.attention_mask
-    if mask is not None and mask.dim() == 4:
-        kwargs["attention_mask"] = mask.to(_param_dtype(model))
-    return model(**kwargs).logits  # type: ignore[no-any-return]
+    def __init__(self, items: Iterator[tuple[float, Batch]], depth: int = 2, pin: bool = False) -> None:
+        self._items, self._pin = items, pin
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="tunelab-batches", daemon=True)
+        self._thread.start()
 
-
-def _param_dtype(model: torch.nn.Module) -> torch.dtype:
-    return next(p.dtype for p in model.parameters() if p.is_floating_point())
-
-
-def choose_packing_mode(model: torch.nn.Module, device: torch.device, context: Autocast) -> str:
-    """The first packing mode under which packed samples provably do not see each other on this model."""
-    results = {}
-    for mode in ("position_ids", "mask"):
+    def _work(self) -> None:
         try:
-            isolated, leak = packing_probe(model, device, context, mode)
-        except (TypeError, ValueError, RuntimeError) as e:  # the model refuses these inputs
-            results[mode] = f"failed ({type(e).__name__}: {e})"
-            continue
-        if isolated <= 0.02 * leak or isolated == leak == 0:
-            return mode
-        results[mode] = (
-            f"a packed sample's logits moved by {isolated:.3g} (cross-attention moves them {leak:.3g})"
-        )
-    detail = "; ".join(f"{mode}: {why}" for mode, why in results.items())
-    raise ModelError(
-        f"packing would let samples attend to each other on this model ({detail}); set tunelab.packing: false"
-    )
+            for epoch, batch in self._items:
+                item: Any = (epoch, batch.pin_memory() if self._pin else batch)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._queue.put(e)
 
+    def __iter__(self) -> Prefetcher:
+        return self
 
-@torch.no_grad()
-def packing_probe(
-    model: torch.nn.Module, device: torch.device, context: Autocast, mode: str
-) -> tuple[float, float]:
-    """Max |logit change| of sample B when packed after sample A, (isolated, with cross-attention)."""
-    vocab = model.get_input_embeddings().weight.shape[0]  # type: ignore[operator,union-attr]
-    gen = torch.Generator().manual_seed(0)
-    a, b = (
-        torch.randint(vocab, (7,), generator=gen).tolist(),
-        torch.randint(vocab, (5,), generator=gen).tolist(),
-    )
-    samples = [Sample(a, a, 0, ""), Sample(b, b, 0, "")]
-    alone = PaddedLayout(1, 0).collate(samples, [[1]])
-    packed = PackedLayout(1, len(a) + len(b), 0, mode).collate(samples, [[0, 1]])
-    leaky = replace(packed, attention_mask=torch.ones_like(packed.input_ids))  # plain causal over the row
-    was_training = model.training
-    model.eval()
-    try:
-        with context():
-            ref = forward_logits(model, alone.to(device))[0].float()
-            iso = forward_logits(model, packed.to(device))[0, len(a) :].float()
-            mixed = forward_logits(model, leaky.to(device))[0, len(a) :].float()
-    finally:
-        model.train(was_training)
-    return float((iso - ref).abs().max()), float((mixed - ref).abs().max())
+    def __next__(self) -> tuple[float, Batch]:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -25,6 +25,8 @@ from tunelab.recipes.lora.schema import build_section, coerce, unknown_key
 STRATEGIES = ("steps", "no")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 LOG_LEVELS = ("passive", "debug", "info", "warning", "error", "critical")
+PROFILES = ("auto", "fast", "low_memory", "standard")
+PACKING_MODES = ("auto", "varlen", "position_ids", "mask")
 
 
 @dataclass
@@ -68,7 +70,7 @@ class TrainingArgs:
     use_cpu: bool = False
     bf16: bool | None = None  # None: bf16 where the GPU supports it, else fp32
     fp16: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: tunelab.profile decides (low_memory: on)
     log_level: str = "passive"
 
 
@@ -89,10 +91,13 @@ class PeftSettings:
 
 @dataclass
 class TunelabOptions:
-    """Options ChatGLM3's recipe does not have. All optional."""
+    """Options ChatGLM3's recipe does not have. All optional; `profile` sets the speed defaults."""
 
-    packing: bool = False  # pack samples into fixed rows (no attention across samples)
-    pack_length: int | None = None  # tokens per packed row; None: max_input + max_output + 1
+    profile: str = "auto"  # auto | fast | low_memory | standard (see speed.py)
+    packing: bool | None = None  # pack samples into rows (no attention across samples); None: profile
+    pack_length: int | None = None  # tokens per packed row; None: the profile's (standard: max_length)
+    packing_mode: str = "auto"  # auto | varlen | position_ids | mask: how packed samples are kept apart
+    compile: bool | None = None  # torch.compile each decoder layer; None: the profile's (on a GPU: on)
     trust_remote_code: bool = False  # run Python code shipped in MODEL_DIR (ChatGLM3 needs it)
     attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2; None: the model's
     chat_template: str = "auto"  # auto: the tokenizer's template if it has one; fallback: ours
@@ -310,6 +315,10 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
         cfg.warnings.append(
             f"peft_config.r is {p.r}: serve it with vLLM --max-lora-rank >= {p.r} (default 16)"
         )
+    if o.profile not in PROFILES:
+        raise bad("tunelab.profile", f"{o.profile!r}: use one of {', '.join(PROFILES)}")
+    if o.packing_mode not in PACKING_MODES:
+        raise bad("tunelab.packing_mode", f"{o.packing_mode!r}: use one of {', '.join(PACKING_MODES)}")
     if o.chat_template not in ("auto", "fallback"):
         raise bad("tunelab.chat_template", "use auto (the tokenizer's template) or fallback")
     if o.pack_length is not None and o.pack_length < cfg.max_length:

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from tunelab.recipes.lora.batching import Autocast, PaddedLayout, loss_sum
+from tunelab.recipes.lora.batching import Autocast, PaddedLayout
 from tunelab.recipes.lora.data import Sample
+from tunelab.recipes.lora.loss import loss_sum
 
 STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|user|>", "<|observation|>", "<|end|>")
 

@@ -1,11 +1,13 @@
 """Metrics as JSON lines, one object per event, for the job agent to relay.
 
 Every line is a JSON object with `event` and `time` (unix seconds). Events:
-- `start`: max_steps, resumed_from (step or null), model, device, dtype, packing, trainable_params,
-  total_params, train_samples, val_samples, truncated_prompts, truncated_answers
+- `start`: max_steps, resumed_from (step or null), model, device, dtype, packing, samples_per_step,
+  profile, compile, gradient_checkpointing, micro_batch_tokens, trainable_params, total_params,
+  train_samples, val_samples, truncated_prompts, truncated_answers
 - `train` (every logging_steps): step, max_steps, epoch, loss, lr, grad_norm, tokens_per_second (real
-  tokens, no padding), samples_per_second, gpu_memory_gb (peak since the last line; null on CPU),
-  progress (percent), eta_seconds, elapsed_seconds
+  tokens, no padding), samples_per_second, tokens and window_seconds (what the rates are made of),
+  gpu_memory_gb and gpu_memory_reserved_gb (peaks since the last line, GiB; null on CPU), progress
+  (percent), eta_seconds, elapsed_seconds
 - `eval`: step, split (validation or test), loss, and with generation rouge-1, rouge-2, rouge-l,
   bleu-4 (scaled like ChatGLM3's recipe: ROUGE x100, BLEU-4 not), generated (rows scored)
 - `checkpoint`: step, path;  `done`: step, adapter_dir, train_runtime_seconds
@@ -83,13 +85,16 @@ def check_finite(loss: float, grad_norm: float, step: int, lr: float) -> None:
             )
 
 
-def gpu_memory_gb(device: torch.device) -> float | None:
-    """Peak GPU memory allocated since the last call, in GiB (None on CPU)."""
+def gpu_memory(device: torch.device) -> dict[str, float | None]:
+    """Peak GPU memory allocated (tensors) and reserved (by the allocator) since the last call, in GiB."""
     if device.type != "cuda":
-        return None
-    peak = torch.cuda.max_memory_allocated(device) / 2**30
+        return {"gpu_memory_gb": None, "gpu_memory_reserved_gb": None}
+    peaks: dict[str, float | None] = {
+        "gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30,
+        "gpu_memory_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30,
+    }
     torch.cuda.reset_peak_memory_stats(device)
-    return peak
+    return peaks
 
 
 class Progress:
@@ -122,6 +127,8 @@ class Progress:
             "loss": self.loss_sum / max(self.loss_tokens, 1),
             "tokens_per_second": self.tokens / seconds,
             "samples_per_second": self.samples / seconds,
+            "tokens": self.tokens,
+            "window_seconds": seconds,
             "progress": 100.0 * step / self.max_steps,
             "eta_seconds": elapsed / done * (self.max_steps - step),
             "elapsed_seconds": elapsed,

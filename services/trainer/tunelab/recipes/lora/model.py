@@ -99,9 +99,8 @@ def load_model(
     *,
     trust_remote_code: bool,
     attn_implementation: str | None,
-    gradient_checkpointing: bool,
 ) -> Any:
-    """The base model on `device` in `dtype`, without KV cache, optionally with gradient checkpointing."""
+    """The base model on `device` in `dtype`, without KV cache."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {
@@ -117,15 +116,19 @@ def load_model(
         raise ModelError(f"cannot load {model_dir} as a causal LM: {e}") from None
     model.config.use_cache = False
     model.to(device)
-    if gradient_checkpointing:
-        if not getattr(model, "supports_gradient_checkpointing", False):
-            raise ModelError(f"{type(model).__name__} does not support gradient checkpointing; turn it off")
-        enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.x
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in backward instead of keeping them (less memory)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ModelError(f"{type(base).__name__} does not support gradient checkpointing; turn it off")
+    enable = getattr(base, "activation_checkpointing_enable", None)  # the name since transformers 5.x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def apply_lora(model: Any, settings: PeftSettings) -> Any:

@@ -5,7 +5,8 @@
     recipe.train()      # the loop: forward/backward, clip, step, log, eval, checkpoint
     recipe.cleanup()
 
-Single process, one device (a GPU when there is one, else CPU). See `__main__` for the command line.
+Single process, one device (a GPU when there is one, else CPU). See `__main__` for the command line;
+`speed.py` for the profiles that decide packing, compilation and activation checkpointing.
 """
 
 from __future__ import annotations
@@ -24,28 +25,25 @@ from typing import Any
 import torch
 
 from tunelab.recipes.lora import checkpoint as ckpt
-from tunelab.recipes.lora.batching import (
-    BatchStream,
-    Layout,
-    PackedLayout,
-    PaddedLayout,
-    choose_packing_mode,
-    loss_sum,
-)
+from tunelab.recipes.lora.attention import eager
+from tunelab.recipes.lora.batching import BatchStream, Prefetcher
 from tunelab.recipes.lora.checkpoint import Resume
 from tunelab.recipes.lora.config import RecipeConfig
 from tunelab.recipes.lora.data import ChatFormat, TokenizedSet, tokenize_file
 from tunelab.recipes.lora.errors import CheckpointError, ConfigError, DataError, StopRequested
 from tunelab.recipes.lora.evaluate import eval_loss, generate, similarity, stop_token_ids
-from tunelab.recipes.lora.metrics import MetricsSink, Progress, check_finite, gpu_memory_gb
+from tunelab.recipes.lora.loss import loss_sum
+from tunelab.recipes.lora.metrics import MetricsSink, Progress, check_finite, gpu_memory
 from tunelab.recipes.lora.model import (
     apply_lora,
     causal_lm_config,
     device_and_dtype,
+    enable_checkpointing,
     load_model,
     load_tokenizer,
     pad_id,
 )
+from tunelab.recipes.lora.speed import choose_layout, compile_layers, free_gpu_bytes, plan_speed
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +116,16 @@ class LoRAFinetuneRecipe:
             self.dtype,
             trust_remote_code=cfg.tunelab.trust_remote_code,
             attn_implementation=cfg.tunelab.attn_implementation,
-            gradient_checkpointing=args.gradient_checkpointing,
         )
         self.model = apply_lora(base, cfg.peft_config)
-        self.layout = self._layout()
+        self.speed = plan_speed(cfg, self.device, self.model_config, free_gpu_bytes(self.device))
+        if self.speed.checkpointing:
+            enable_checkpointing(self.model)
+        self.layout, self.speed = choose_layout(
+            self.speed, cfg, self.model, self.device, self._autocast, self.pad_id
+        )
+        if self.speed.compile:
+            log.info("compiling %d decoder layers (the first step includes it)", compile_layers(self.model))
         self.stream = BatchStream(train.samples, self.layout, args.seed)
         per_epoch = self.stream.micro_batches_per_epoch()
         ga = args.gradient_accumulation_steps
@@ -169,6 +173,8 @@ class LoRAFinetuneRecipe:
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             packing=self.layout.name,
+            samples_per_step=round(len(train.samples) / per_epoch * ga, 1),
+            **self.speed.describe(),
             chat_format=self.format.name,
             trainable_params=trainable,
             total_params=total,
@@ -177,15 +183,6 @@ class LoRAFinetuneRecipe:
             truncated_prompts=train.truncated_prompts,
             truncated_answers=train.truncated_answers,
         )
-
-    def _layout(self) -> Layout:
-        bs = self.cfg.training_args.per_device_train_batch_size
-        if not self.cfg.tunelab.packing:
-            return PaddedLayout(bs, self.pad_id)
-        mode = choose_packing_mode(self.model, self.device, self._autocast)
-        length = self.cfg.tunelab.pack_length or self.cfg.max_length
-        log.info("packing samples into rows of %d tokens (%s)", length, mode)
-        return PackedLayout(bs, length, self.pad_id, mode)
 
     def _restore(self) -> int | None:
         self.checkpoints.remove_stale_temporaries()
@@ -225,6 +222,17 @@ class LoRAFinetuneRecipe:
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "seed"):
             if old.get("training_args", {}).get(key) != mine["training_args"][key]:
                 log.warning("%s differs from %s: the data order after resuming is not the same", key, path)
+        layout = state.get("layout", self._layout_key())  # packed rows may be sized to another GPU
+        if layout != self._layout_key():
+            log.warning(
+                "%s used batches %s, this run %s: the data order after resuming is not the same",
+                path,
+                layout,
+                self._layout_key(),
+            )
+
+    def _layout_key(self) -> str:
+        return f"{self.layout.name} {self.speed.describe()['micro_batch_tokens'] or 'padded'}"
 
     # ---------------------------------------------------------------- train
     def train(self) -> None:
@@ -233,7 +241,7 @@ class LoRAFinetuneRecipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
         progress = Progress(self.step, self.max_steps)
-        batches = self.stream.iterate(start=self.step * ga)
+        batches = Prefetcher(self.stream.iterate(start=self.step * ga), pin=self.device.type == "cuda")
         epoch = 0.0
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         self.model.train()
@@ -245,13 +253,13 @@ class LoRAFinetuneRecipe:
                 total = torch.zeros((), device=self.device)
                 for _, batch in micro:
                     with self._autocast():
-                        loss = loss_sum(self.model, batch.to(self.device))
+                        loss = loss_sum(self.model, batch.to(self.device), self.speed.checkpointing)
                     (loss / label_tokens).backward()
                     total += loss.detach()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
                 lr = self.scheduler.get_last_lr()[0]
-                step_loss = (total / label_tokens).item()  # the one host sync per step
-                norm = float(grad_norm)
+                # The one host sync per step: the loss and the norm, checked before the update.
+                step_loss, norm = torch.stack([total / label_tokens, grad_norm.float()]).tolist()
                 check_finite(step_loss, norm, self.step + 1, lr)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -269,6 +277,7 @@ class LoRAFinetuneRecipe:
                     self.metrics.emit("stopped", step=self.step, reason=f"signal {self._stop_signal}")
                     raise StopRequested(f"stopped by signal {self._stop_signal} at step {self.step}")
         finally:
+            batches.close()
             signal.signal(signal.SIGTERM, previous)
         if self.intervals["save"] and self.step % self.intervals["save"] != 0:
             self.save_checkpoint(epoch)
@@ -285,7 +294,7 @@ class LoRAFinetuneRecipe:
                 epoch=epoch,
                 lr=lr,
                 grad_norm=grad_norm,
-                gpu_memory_gb=gpu_memory_gb(self.device),
+                **gpu_memory(self.device),
                 **fields,
             )
             log.info("step %d/%d loss %.4f lr %.3g", self.step, self.max_steps, fields["loss"], lr)
@@ -310,22 +319,22 @@ class LoRAFinetuneRecipe:
         batch_size = args.per_device_eval_batch_size or args.per_device_train_batch_size
         self.model.eval()
         try:
-            scores = {
-                "loss": eval_loss(self.model, samples, batch_size, self.pad_id, self.device, self._autocast)
-            }
-            rows = samples[: self.cfg.tunelab.eval_max_samples]
-            if args.predict_with_generate and rows:
-                predictions = generate(
-                    self.model,
-                    self.tokenizer,
-                    rows,
-                    batch_size,
-                    self._generation(),
-                    self.device,
-                    self._autocast,
-                )
-                scores |= similarity(predictions, [s.answer for s in rows])
-                scores["generated"] = len(rows)
+            with eager():  # compiled layers run eagerly: evaluation shapes vary, compiling them is waste
+                loss = eval_loss(self.model, samples, batch_size, self.pad_id, self.device, self._autocast)
+                scores = {"loss": loss}
+                rows = samples[: self.cfg.tunelab.eval_max_samples]
+                if args.predict_with_generate and rows:
+                    predictions = generate(
+                        self.model,
+                        self.tokenizer,
+                        rows,
+                        batch_size,
+                        self._generation(),
+                        self.device,
+                        self._autocast,
+                    )
+                    scores |= similarity(predictions, [s.answer for s in rows])
+                    scores["generated"] = len(rows)
         finally:
             self.model.train()
         self.metrics.emit("eval", step=self.step, split=split, samples=len(samples), **scores)
@@ -348,6 +357,7 @@ class LoRAFinetuneRecipe:
             ckpt.write_training_state(tmp, self.model, self.optimizer, self.scheduler, self.base_model_name)
             state: dict[str, Any] = {"step": self.step, "max_steps": self.max_steps, "epoch": epoch}
             state |= {"base_model": self.base_model_name, "config": self.cfg.to_dict()}
+            state["layout"] = self._layout_key()
             ckpt.write_state(tmp, state)  # last: it marks the checkpoint complete
 
         path = self.checkpoints.save(self.step, write)

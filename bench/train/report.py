@@ -1,0 +1,145 @@
+"""Turns the runs into the result: steady-state throughput, MFU, memory, speed-ups and the targets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import common as bc
+
+
+def summarize_recipe(result: dict[str, Any], warmup: int) -> dict[str, Any]:
+    records = result.pop("records")
+    train = [r for r in records if r["event"] == "train"]
+    start = next((r for r in records if r["event"] == "start"), None)
+    measured = [r for r in train if r["step"] > warmup]
+    if not measured:
+        return result
+    tokens, seconds = sum(r["tokens"] for r in measured), sum(r["window_seconds"] for r in measured)
+    peaks = [r.get("gpu_memory_gb") or 0 for r in train]
+    reserved = [r.get("gpu_memory_reserved_gb") or 0 for r in train]
+    return result | {
+        "steps_measured": len(measured),
+        "warmup_steps": warmup,
+        "first_step_seconds": train[0]["window_seconds"],
+        "step_seconds": seconds / len(measured),
+        "real_tokens": tokens,
+        "tokens_per_second": tokens / seconds,
+        "samples_per_second": sum(r["samples_per_second"] * r["window_seconds"] for r in measured) / seconds,
+        "peak_allocated_bytes": int(max(peaks) * 2**30),
+        "peak_reserved_bytes": int(max(reserved) * 2**30),
+        "losses": [r["loss"] for r in train],
+        "start": start,
+    }
+
+
+def curve_agreement(baseline: list[float], tunelab: list[float], samples_per_step: float) -> dict[str, Any]:
+    """Mean loss over (about) the same first samples: the baseline's steps of 4 vs tunelab's packed steps."""
+    steps = max(1, round(4 * len(baseline) / samples_per_step))
+    ours = tunelab[:steps]
+    noise = (statistics.pstdev(baseline) ** 2 / len(baseline)) ** 0.5
+    if len(ours) > 1:
+        noise = (noise**2 + statistics.pstdev(ours) ** 2 / len(ours)) ** 0.5
+    diff = statistics.fmean(ours) - statistics.fmean(baseline)
+    return {
+        "baseline_steps": len(baseline),
+        "tunelab_steps": len(ours),
+        "baseline_mean_loss": statistics.fmean(baseline),
+        "tunelab_mean_loss": statistics.fmean(ours),
+        "difference": diff,
+        "noise": noise,
+        "difference_in_noise_units": abs(diff) / max(noise, 1e-9),
+    }
+
+
+def report(metrics: dict[str, Any], n_params: int, tiny: bool, out: Path | None, log: list[str]) -> int:
+    peak = (metrics["matmul_peak_tflops"] or 0) * 1e12
+    base = metrics["baseline"]
+    metrics["n_params"] = n_params
+
+    def derive(side: dict[str, Any]) -> None:
+        tps = side.get("tokens_per_second")
+        if tps is None:
+            return
+        side["mfu"] = 4 * n_params * tps / peak if peak else None
+        side["speedup"] = tps / base["tokens_per_second"]
+        for kind in ("allocated", "reserved"):
+            if f"peak_{kind}_bytes" in side:
+                side[f"peak_{kind}_gb"] = side[f"peak_{kind}_bytes"] / 1e9
+
+    derive(base)
+    for side in metrics["tunelab"].values():
+        derive(side)
+    fast, low = metrics["tunelab"].get("fast", {}), metrics["tunelab"].get("low_memory", {})
+    if fast.get("losses") and fast.get("start"):
+        metrics["loss_curves"] = curve_agreement(
+            base["losses"], fast["losses"], fast["start"]["samples_per_step"]
+        )
+    targets = {
+        "fast_speedup": bc.Target("fast real tokens/s over the baseline's", ">=", 10, fast.get("speedup")),
+        "fast_mfu": bc.Target(
+            "fast MFU (4N x tokens/s over the measured matmul peak)", ">=", 0.5, fast.get("mfu")
+        ),
+        "low_memory_speedup": bc.Target(
+            "low_memory real tokens/s over the baseline's", ">=", 6, low.get("speedup")
+        ),
+        "low_memory_peak_gb": bc.Target(
+            "low_memory peak GPU memory reserved (GB, 1e9 bytes)", "<=", 20, low.get("peak_reserved_gb")
+        ),
+        "loss_check": bc.Target(
+            "same samples: |tunelab loss - transformers loss| / loss",
+            "<=",
+            0.01,
+            metrics["loss_check"]["relative_difference"],
+        ),
+        "loss_curves": bc.Target(
+            "first steps' mean loss, tunelab fast vs baseline, in noise units",
+            "<=",
+            3,
+            metrics.get("loss_curves", {}).get("difference_in_noise_units"),
+        ),
+        "packing_isolated": bc.Target(
+            "fast packs with varlen attention proven isolated by the recipe's probe (1 = yes)",
+            ">=",
+            1,
+            float((fast.get("start") or {}).get("packing") == "packed/varlen") if fast else None,
+        ),
+    }
+    extra = {
+        "not_run": ["2-GPU run: the recipe trains on one GPU; no multi-GPU machine was used"],
+        "log": log,
+    }
+    name = "train-tiny" if tiny else "train"
+    if tiny:
+        bc.RESULTS_DIR = out or Path(tempfile.mkdtemp(prefix="bench-train-tiny-"))
+    path = bc.write_result(name, metrics, targets, extra)
+    if out:  # the command line names --out: a path of the machine that ran it
+        body = json.loads(path.read_text())
+        body["command"] = body["command"].replace(str(out), "OUT")
+        path.write_text(json.dumps(body, indent=2) + "\n")
+    rows = [("", "tokens/s", "step s", "peak GB (reserved)", "MFU", "x baseline")]
+    for label, side in [("baseline", base), *[(f"tunelab {m}", s) for m, s in metrics["tunelab"].items()]]:
+        rows.append(
+            (
+                label,
+                f"{side.get('tokens_per_second', 0):,.0f}",
+                f"{side.get('step_seconds', 0):.3f}",
+                f"{side.get('peak_reserved_gb', 0):.1f}",
+                f"{side.get('mfu') or 0:.3f}",
+                f"{side.get('speedup', 0):.2f}",
+            )
+        )
+    print(bc.fmt_table(rows))
+    for key, target in targets.items():
+        print(f"{'MET ' if target.met else 'MISS'} {key}: {target.value} {target.op} {target.threshold}")
+    print(f"wrote {path}")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        if path.parent != out:
+            shutil.copy(path, out / path.name)
+        (out / f"{name}.log").write_text("\n".join(log) + "\n")
+    return 0
