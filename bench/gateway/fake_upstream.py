@@ -2,12 +2,15 @@
 asyncio protocol (no framework), keep-alive HTTP/1.1.
 
     python bench/gateway/fake_upstream.py --port 9000 [--chunks 8] [--slow-chunk-delay-ms 30]
+    python bench/gateway/fake_upstream.py --port 9000 --chunks 128 --first-token-ms 70 --token-ms 30
 
 Answers ``POST /v1/completions`` and ``/v1/chat/completions`` with a canned completion, or with
 ``--chunks`` SSE events (chunked transfer encoding, ``data: [DONE]`` last) when the body says
 ``"stream": true`` (all at once; paced by ``--slow-chunk-delay-ms`` when the prompt is "slow", to
 see whether a proxy buffers); ``GET /health`` and ``GET /v1/models`` like vLLM. It never parses JSON, so what
-it costs per request is the floor every proxy in the benchmark adds to.
+it costs per request is the floor every proxy in the benchmark adds to. With ``--token-ms`` every
+stream is paced like a generating engine: the first event after ``--first-token-ms``, then one
+event every ``--token-ms`` (bench/gateway/burst.py).
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ STREAM_HEAD = (
 class FakeUpstream(asyncio.Protocol):
     chunks = 8
     delay_s = 0.0
+    first_token_s = 0.0
+    token_s = 0.0  # > 0: every stream is paced
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -110,8 +115,10 @@ class FakeUpstream(asyncio.Protocol):
         elif method == b"POST" and path.startswith(b"/v1/"):
             compact = body.replace(b" ", b"")
             if b'"stream":true' in compact:
-                if self.delay_s and b'"slow"' in compact:
-                    self.pending = asyncio.ensure_future(self.stream_slowly())
+                if self.token_s:
+                    self.pending = asyncio.ensure_future(self.stream_slowly(self.token_s, self.first_token_s))
+                elif self.delay_s and b'"slow"' in compact:
+                    self.pending = asyncio.ensure_future(self.stream_slowly(self.delay_s))
                 else:
                     parts = [_chunk(_event(i, i == self.chunks - 1)) for i in range(self.chunks)]
                     self.transport.write(
@@ -122,13 +129,15 @@ class FakeUpstream(asyncio.Protocol):
         else:
             self.transport.write(_response(b"404 Not Found", b'{"error":"not found"}'))
 
-    async def stream_slowly(self) -> None:
+    async def stream_slowly(self, delay_s: float, first_s: float = 0.0) -> None:
         self.transport.write(STREAM_HEAD)
+        if first_s:
+            await asyncio.sleep(first_s)
         for i in range(self.chunks):
             if self.transport.is_closing():
                 return
             self.transport.write(_chunk(_event(i, i == self.chunks - 1)))
-            await asyncio.sleep(self.delay_s)
+            await asyncio.sleep(delay_s)
         self.transport.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
 
@@ -140,9 +149,15 @@ def main() -> None:
     parser.add_argument(
         "--slow-chunk-delay-ms", type=float, default=30.0, help='pause between events, prompt "slow"'
     )
+    parser.add_argument(
+        "--first-token-ms", type=float, default=0.0, help="with --token-ms: first event after"
+    )
+    parser.add_argument("--token-ms", type=float, default=0.0, help="pace every stream: one event per this")
     args = parser.parse_args()
     FakeUpstream.chunks = args.chunks
     FakeUpstream.delay_s = args.slow_chunk_delay_ms / 1000
+    FakeUpstream.first_token_s = args.first_token_ms / 1000
+    FakeUpstream.token_s = args.token_ms / 1000
 
     import uvloop
 
