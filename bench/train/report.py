@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,21 @@ def summarize_recipe(result: dict[str, Any], warmup: int) -> dict[str, Any]:
         "losses": [r["loss"] for r in train],
         "start": start,
     }
+
+
+def scrub_command(argv: list[str]) -> str:
+    """The command line as anyone would type it: `python3 bench/train/run.py ...`, with no path of the
+    machine that ran it (the interpreter, --out and --work values, the checkout)."""
+    words, hide = ["python3"], {"--out": "OUT", "--work": "WORK"}
+    for i, arg in enumerate(argv):
+        name, eq, _ = arg.partition("=")
+        if eq and name in hide:
+            words.append(f"{name}={hide[name]}")
+        elif i > 0 and argv[i - 1] in hide:
+            words.append(hide[argv[i - 1]])
+        else:
+            words.append(bc.repo_relative(str(Path(arg).resolve())) if i == 0 else bc.repo_relative(arg))
+    return shlex.join(words)
 
 
 def curve_agreement(baseline: list[float], tunelab: list[float], samples_per_step: float) -> dict[str, Any]:
@@ -74,6 +91,22 @@ def report(metrics: dict[str, Any], n_params: int, tiny: bool, out: Path | None,
     derive(base)
     for side in metrics["tunelab"].values():
         derive(side)
+    not_run = []
+    ddp = metrics.pop("data_parallel", None)
+    if ddp is None:
+        not_run.append("2-GPU run: not asked for (run.py --ddp on a machine with 2 GPUs)")
+    elif "skipped" in ddp or ddp.get("exit_code") != 0 or not ddp.get("tokens_per_second"):
+        why = (
+            ddp.get("skipped") or f"failed ({ddp.get('exit_code')}): {ddp.get('error', 'no steps measured')}"
+        )
+        not_run.append(f"2-GPU run: {why}")
+    else:
+        derive(ddp)
+        one = metrics["tunelab"]["fast"]
+        if ddp.get("mfu") is not None:
+            ddp["mfu"] /= ddp["processes"]  # per GPU: each has the measured peak
+        ddp["scaling_efficiency"] = ddp["tokens_per_second"] / (ddp["processes"] * one["tokens_per_second"])
+        metrics["data_parallel"] = ddp
     fast, low = metrics["tunelab"].get("fast", {}), metrics["tunelab"].get("low_memory", {})
     if fast.get("losses") and fast.get("start"):
         metrics["loss_curves"] = curve_agreement(
@@ -109,20 +142,26 @@ def report(metrics: dict[str, Any], n_params: int, tiny: bool, out: Path | None,
             float((fast.get("start") or {}).get("packing") == "packed/varlen") if fast else None,
         ),
     }
-    extra = {
-        "not_run": ["2-GPU run: the recipe trains on one GPU; no multi-GPU machine was used"],
-        "log": log,
-    }
+    if "data_parallel" in metrics:
+        targets["scaling_efficiency"] = bc.Target(
+            "fast on 2 GPUs (torchrun): real tokens/s over 2x the 1-GPU fast run's, same rows per GPU",
+            ">=",
+            0.85,
+            metrics["data_parallel"]["scaling_efficiency"],
+        )
+    extra: dict[str, Any] = {"not_run": not_run, "log": log}
     name = "train-tiny" if tiny else "train"
     if tiny:
         bc.RESULTS_DIR = out or Path(tempfile.mkdtemp(prefix="bench-train-tiny-"))
     path = bc.write_result(name, metrics, targets, extra)
-    if out:  # the command line names --out: a path of the machine that ran it
-        body = json.loads(path.read_text())
-        body["command"] = body["command"].replace(str(out), "OUT")
-        path.write_text(json.dumps(body, indent=2) + "\n")
+    body = json.loads(path.read_text())
+    body["command"] = scrub_command(sys.argv)
+    path.write_text(json.dumps(body, indent=2) + "\n")
     rows = [("", "tokens/s", "step s", "peak GB (reserved)", "MFU", "x baseline")]
-    for label, side in [("baseline", base), *[(f"tunelab {m}", s) for m, s in metrics["tunelab"].items()]]:
+    sides = [("baseline", base), *[(f"tunelab {m}", s) for m, s in metrics["tunelab"].items()]]
+    if "data_parallel" in metrics:
+        sides.append(("tunelab fast, 2 GPUs", metrics["data_parallel"]))
+    for label, side in sides:
         rows.append(
             (
                 label,
@@ -136,6 +175,8 @@ def report(metrics: dict[str, Any], n_params: int, tiny: bool, out: Path | None,
     print(bc.fmt_table(rows))
     for key, target in targets.items():
         print(f"{'MET ' if target.met else 'MISS'} {key}: {target.value} {target.op} {target.threshold}")
+    for line in not_run:
+        print(f"not run: {line}")
     print(f"wrote {path}")
     if out:
         out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 gradient checkpointing) against tunelab's recipe as users run it, side by side in one run on one GPU.
 
     python3 bench/train/run.py --out DIR        # on a GPU: the 6.24B ChatGLM3-shaped model (~6 minutes)
+    python3 bench/train/run.py --out DIR --ddp  # with 2 GPUs: also `fast` data-parallel on both
     .venv/bin/python bench/train/run.py --tiny  # the same code on a CPU with a tiny model (< 1 minute)
 
 In order: the bf16 matmul peak of this card (8192^3, random data); synthetic AdvertiseGen-shaped data
@@ -9,7 +10,10 @@ In order: the bf16 matmul peak of this card (8192^3, random data); synthetic Adv
 disk like any model); the same 8 samples' loss by transformers' own loss and by the recipe's (varlen
 packing, chunked loss); the baseline (baseline.py), timed over `--baseline-steps` after warm-up; then
 `python -m tunelab.recipes.lora DATA MODEL configs/lora.yaml no --set tunelab.profile=<mode> ...`
-for each mode, timed from its own metrics lines after warm-up (compilation happens there).
+for each mode, timed from its own metrics lines after warm-up (compilation happens there). With
+--ddp and 2 GPUs, last: `fast` under `torchrun --nproc-per-node 2` with the 1-GPU run's row size (the
+same work per GPU; rank 0's metrics count both ranks' tokens), and its scaling efficiency:
+tokens/s on 2 GPUs / (2 x tokens/s of the 1-GPU fast run). --tiny --ddp runs 2 CPU processes (gloo).
 
 MFU = 4 * N_params * real tokens/s / measured matmul peak (LoRA: no weight gradients for the frozen
 weights; recomputation from checkpointing is not counted). Writes bench/results/train.json (with
@@ -140,14 +144,27 @@ def save_partial(out: Path | None, metrics: dict[str, Any]) -> None:
 
 
 def run_recipe(
-    mode: str, data: Path, model_dir: Path, work: Path, steps: int, extra: list[str], timeout: float
+    mode: str,
+    data: Path,
+    model_dir: Path,
+    work: Path,
+    steps: int,
+    extra: list[str],
+    timeout: float,
+    nproc: int = 1,
 ) -> dict[str, Any]:
-    metrics = work / f"metrics-{mode}.jsonl"
+    """The recipe as users run it: `python -m tunelab.recipes.lora ...`, or with `nproc` > 1 under
+    `torchrun --nproc-per-node N` (data-parallel, one GPU a process); rank 0 writes the metrics."""
+    label = mode if nproc == 1 else f"{mode}-{nproc}gpu"
+    metrics = work / f"metrics-{label}.jsonl"
     metrics.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "tunelab.recipes.lora", str(data), str(model_dir), LORA_YAML, "no"]
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    cmd = [*launcher, "-m", "tunelab.recipes.lora", str(data), str(model_dir), LORA_YAML, "no"]
     cmd += ["--metrics-file", str(metrics)]
     sets = [
-        f"training_args.output_dir={work / ('out-' + mode)}",
+        f"training_args.output_dir={work / ('out-' + label)}",
         f"training_args.max_steps={steps}",
         "training_args.logging_steps=1",
         "training_args.save_strategy=no",
@@ -164,31 +181,63 @@ def run_recipe(
         PYTHONPATH=os.pathsep.join([str(bc.REPO / "services" / "trainer"), os.environ.get("PYTHONPATH", "")]),
     )
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / "inductor"))
-    say(f"tunelab {mode}: {bc.repo_relative(' '.join(cmd))}")
+    say(f"tunelab {label}: {' '.join(cmd)}")
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=bc.REPO, env=env, capture_output=True, text=True, timeout=timeout)
         code, tail = proc.returncode, (proc.stderr or "")[-3000:]
-        (work / f"recipe-{mode}.log").write_text(proc.stderr or "")
+        (work / f"recipe-{label}.log").write_text(proc.stderr or "")
     except subprocess.TimeoutExpired as e:
         code, tail = -9, str(e.stderr or "")[-3000:]
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     result = {
         "mode": mode,
+        "processes": nproc,
         "exit_code": code,
         "wall_seconds": time.perf_counter() - started,
         "overrides": sets[7:],
     }
-    result["command"] = (
-        "python -m tunelab.recipes.lora DATA MODEL "
-        + LORA_YAML
-        + " no "
-        + " ".join(f"--set {s}" for s in sets[1:])
+    head = "python" if nproc == 1 else f"torchrun --nproc-per-node {nproc}"
+    result["command"] = f"{head} -m tunelab.recipes.lora DATA MODEL {LORA_YAML} no " + " ".join(
+        f"--set {s}" for s in sets[1:]
     )
     if code != 0:
-        say(f"tunelab {mode} failed ({code}):\n{tail}")
+        say(f"tunelab {label} failed ({code}):\n{tail}")
         result["error"] = tail[-1500:]
     return result | {"records": records}
+
+
+def data_parallel(
+    args: argparse.Namespace,
+    tiny: bool,
+    fast: dict[str, Any] | None,
+    data: Path,
+    model_dir: Path,
+    work: Path,
+    began: float,
+) -> dict[str, Any]:
+    """`fast` under torchrun on 2 GPUs, with the 1-GPU run's row size: the same work per GPU, so the
+    rate over twice the 1-GPU rate is the scaling efficiency. {"skipped": why} where it can't run."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if not tiny and gpus < 2:
+        return {"skipped": f"{gpus} GPU(s) on this machine: the 2-GPU run needs 2"}
+    if not fast or fast.get("exit_code") != 0 or not fast.get("tokens_per_second"):
+        return {"skipped": "the 1-GPU fast run did not complete: nothing to compare with"}
+    left = args.deadline - (time.perf_counter() - began)
+    if left < 60:
+        say(f"skipping the 2-GPU run: {left:.0f}s left of the deadline")
+        return {"skipped": f"{left:.0f}s left of --deadline {args.deadline:.0f}"}
+    tokens = (fast.get("start") or {}).get("micro_batch_tokens")
+    # What made the 1-GPU run (a retry's smaller rows, tiny's settings), then its row size.
+    extra = [o for o in fast["overrides"] if not o.startswith("tunelab.profile=")]
+    if tokens and not any(o.startswith("tunelab.pack_length=") for o in extra):
+        extra += [f"tunelab.pack_length={tokens}", "training_args.per_device_train_batch_size=1"]
+    result = run_recipe("fast", data, model_dir, work, args.warmup + args.steps, extra, left - 5, nproc=2)
+    result = summarize_recipe(result, args.warmup)
+    say(f"tunelab fast on 2 GPUs: { {k: v for k, v in result.items() if k not in ('losses', 'start')} }")
+    return result
 
 
 def main() -> int:
@@ -207,8 +256,16 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--deadline", type=float, default=540, help="seconds; later phases are skipped")
     parser.add_argument("--work", type=Path, help="scratch directory (default: /dev/shm or a temp dir)")
+    parser.add_argument(
+        "--ddp",
+        action="store_true",
+        help="also run `fast` on 2 GPUs (torchrun, data-parallel) and report its scaling efficiency; "
+        "needs 2 GPUs (with --tiny: 2 CPU processes)",
+    )
     args = parser.parse_args()
     began = time.perf_counter()
+    if args.out:
+        HIDE[str(args.out.resolve())] = HIDE[str(args.out)] = "OUT"
 
     import torch
 
@@ -301,10 +358,16 @@ def main() -> int:
             save_partial(args.out, metrics | {"tunelab": runs})
             say(f"tunelab {mode}: { {k: v for k, v in result.items() if k not in ('losses', 'start')} }")
     metrics["tunelab"] = runs
+    if args.ddp:
+        metrics["data_parallel"] = data_parallel(args, tiny, runs.get("fast"), data, model_dir, root, began)
+        save_partial(args.out, metrics)
     shutil.rmtree(root / "model", ignore_errors=True)
     if args.out:
-        for log in root.glob("recipe-*.log"):
-            shutil.copy(log, args.out / log.name)
+        for log in root.glob("recipe-*.log"):  # with the machine's paths hidden, as in the result
+            text = log.read_text()
+            for path, name in HIDE.items():
+                text = text.replace(path, name)
+            (args.out / log.name).write_text(bc.repo_relative(text))
     return report(metrics, n_params, tiny, args.out, LOG)
 
 

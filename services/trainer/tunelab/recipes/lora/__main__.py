@@ -3,6 +3,8 @@
 Exit codes: 0 done; 2 bad input (config, data, model directory, arguments); 3 training failed (NaN or
 inf loss); 143 stopped by SIGTERM after writing a checkpoint; 1 anything unexpected (with a traceback).
 Metrics are JSON lines on stdout (and in --metrics-file / $TUNELAB_METRICS_FILE); logs go to stderr.
+Under torchrun (`torchrun --nproc-per-node N -m tunelab.recipes.lora ...`) it trains data-parallel;
+rank 0 alone writes metrics and info logs, the other ranks log warnings and errors only.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 
 from tunelab.recipes.lora.config import load_config
 from tunelab.recipes.lora.errors import RecipeError, StopRequested
-from tunelab.recipes.lora.metrics import JsonLinesMetrics
+from tunelab.recipes.lora.metrics import JsonLinesMetrics, NullMetrics
 
 log = logging.getLogger("tunelab.recipes.lora")
 
@@ -52,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Growable segments instead of fixed blocks: packed steps of changing sizes fragment less.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    rank = os.environ.get("RANK", "?") if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else ""
+    main_rank = rank in ("", "0")  # the recipe checks WORLD_SIZE / RANK / LOCAL_RANK
+    where = f" [rank {rank}]" if rank else ""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s %(levelname)s{where} %(message)s"
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -60,13 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.recipes.lora.checkpoint import resolve_resume
     from tunelab.recipes.lora.recipe import LoRAFinetuneRecipe
 
-    metrics = JsonLinesMetrics(args.metrics_file)
+    metrics = JsonLinesMetrics(args.metrics_file) if main_rank else NullMetrics()
     recipe = None
     try:
         cfg = load_config(args.config, args.overrides)
         level = cfg.training_args.log_level
         log.setLevel(logging.INFO if level == "passive" else getattr(logging, level.upper()))
-        for warning in cfg.warnings:
+        if not main_rank:
+            log.setLevel(max(log.level, logging.WARNING))
+        for warning in cfg.warnings if main_rank else []:
             log.warning("%s", warning)
         for note in cfg.notes:
             log.info("%s", note)
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if recipe is not None:
             recipe.cleanup()
-        else:
+        elif isinstance(metrics, JsonLinesMetrics):
             metrics.close()
     return 0
 

@@ -229,17 +229,22 @@ class BatchStream:
     def micro_batches_per_epoch(self) -> int:
         return len(self.epoch_plans(0))
 
-    def iterate(self, start: int = 0) -> Iterator[tuple[float, Batch]]:
-        """(fractional epoch, batch) from micro-batch index `start` on."""
-        epoch, index = 0, start
-        while index >= len(self.epoch_plans(epoch)):
-            index -= len(self.epoch_plans(epoch))
-            epoch += 1
+    def iterate(self, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[tuple[float, Batch]]:
+        """(fractional epoch, batch) from micro-batch index `start` on.
+
+        Data-parallel (`world` processes): one rank's share of the same stream, every `world`-th
+        micro-batch from `rank` on; its i-th micro-batch is the stream's `i * world + rank`, so the
+        ranks' shares of any `world * k` consecutive ones are disjoint and make up all of them.
+        Only this rank's micro-batches are collated.
+        """
+        epoch, index = 0, start * world + rank
         while True:
             plans = self.epoch_plans(epoch)
-            for i in range(index, len(plans)):
-                yield epoch + (i + 1) / len(plans), self.layout.collate(self.samples, plans[i])
-            epoch, index = epoch + 1, 0
+            if index >= len(plans):
+                epoch, index = epoch + 1, index - len(plans)
+                continue
+            yield epoch + (index + 1) / len(plans), self.layout.collate(self.samples, plans[index])
+            index += world
 
 
 class Prefetcher:

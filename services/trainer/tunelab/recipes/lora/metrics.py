@@ -1,9 +1,9 @@
 """Metrics as JSON lines, one object per event, for the job agent to relay.
 
 Every line is a JSON object with `event` and `time` (unix seconds). Events:
-- `start`: max_steps, resumed_from (step or null), model, device, dtype, packing, samples_per_step,
-  profile, compile, gradient_checkpointing, micro_batch_tokens, trainable_params, total_params,
-  train_samples, val_samples, truncated_prompts, truncated_answers
+- `start`: max_steps, resumed_from (step or null), model, device, world_size, dtype, packing,
+  samples_per_step (all ranks), profile, compile, gradient_checkpointing, micro_batch_tokens (per
+  rank), trainable_params, total_params, train_samples, val_samples, truncated_prompts, truncated_answers
 - `train` (every logging_steps): step, max_steps, epoch, loss, lr, grad_norm, tokens_per_second (real
   tokens, no padding), samples_per_second, tokens and window_seconds (what the rates are made of),
   gpu_memory_gb and gpu_memory_reserved_gb (peaks since the last line, GiB; null on CPU), progress
@@ -12,7 +12,9 @@ Every line is a JSON object with `event` and `time` (unix seconds). Events:
   bleu-4 (scaled like ChatGLM3's recipe: ROUGE x100, BLEU-4 not), generated (rows scored)
 - `checkpoint`: step, path;  `done`: step, adapter_dir, train_runtime_seconds
 - `failed`: step, reason;  `stopped`: step, reason (SIGTERM: a checkpoint was written first)
-The stream goes to stdout (logs go to stderr) and, with --metrics-file, to that file as well.
+The stream goes to stdout (logs go to stderr) and, with --metrics-file, to that file as well. Under
+torchrun only rank 0 writes it, for the whole run: tokens, samples and the loss are summed over the
+ranks (tokens_per_second is the global rate); gpu_memory_* are rank 0's.
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ class JsonLinesMetrics:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class NullMetrics:
+    """Drops every event (the ranks other than 0 of a multi-process run)."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        pass
 
 
 class MemoryMetrics:

@@ -5,8 +5,11 @@
     recipe.train()      # the loop: forward/backward, clip, step, log, eval, checkpoint
     recipe.cleanup()
 
-Single process, one device (a GPU when there is one, else CPU). See `__main__` for the command line;
-`speed.py` for the profiles that decide packing, compilation and activation checkpointing.
+One process on one device (a GPU when there is one, else CPU), or data-parallel under torchrun: each
+rank trains the same LoRA model on its share of every step's micro-batches, the gradients are summed
+over ranks before the step, and rank 0 alone writes checkpoints, the adapter and metrics and runs the
+evaluation (`distributed.py`). See `__main__` for the command line; `speed.py` for the profiles that
+decide packing, compilation and activation checkpointing.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import signal
 from pathlib import Path
@@ -26,14 +28,15 @@ import torch
 
 from tunelab.recipes.lora import checkpoint as ckpt
 from tunelab.recipes.lora.attention import eager
-from tunelab.recipes.lora.batching import BatchStream, Prefetcher
+from tunelab.recipes.lora.batching import Batch, BatchStream, Prefetcher
 from tunelab.recipes.lora.checkpoint import Resume
 from tunelab.recipes.lora.config import RecipeConfig
 from tunelab.recipes.lora.data import ChatFormat, TokenizedSet, tokenize_file
-from tunelab.recipes.lora.errors import CheckpointError, ConfigError, DataError, StopRequested
+from tunelab.recipes.lora.distributed import World, sum_gradients
+from tunelab.recipes.lora.errors import CheckpointError, DataError, StopRequested
 from tunelab.recipes.lora.evaluate import eval_loss, generate, similarity, stop_token_ids
 from tunelab.recipes.lora.loss import loss_sum
-from tunelab.recipes.lora.metrics import MetricsSink, Progress, check_finite, gpu_memory
+from tunelab.recipes.lora.metrics import MetricsSink, NullMetrics, Progress, check_finite, gpu_memory
 from tunelab.recipes.lora.model import (
     apply_lora,
     causal_lm_config,
@@ -57,11 +60,12 @@ class LoRAFinetuneRecipe:
         resume: Resume,
         metrics: MetricsSink,
     ) -> None:
-        self.cfg, self.metrics, self.resume = cfg, metrics, resume
+        self.cfg, self.resume = cfg, resume
         self.data_dir, self.model_dir = Path(data_dir), Path(model_dir)
         args = cfg.training_args
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError("multi-process (torchrun) training is not implemented yet; run one process")
+        self.world = World.from_env()
+        self.metrics = metrics if self.world.main else NullMetrics()  # rank 0 speaks for all
+        self._metrics_close = getattr(metrics, "close", None)
         if not self.data_dir.is_dir():
             raise DataError(f"DATA_DIR {self.data_dir} is not a directory")
         self.files = {"train": self._data_file("train_file", cfg.data_config.train_file)}
@@ -72,10 +76,12 @@ class LoRAFinetuneRecipe:
             self.files["test"] = self._data_file("test_file", cfg.data_config.test_file)
         self.model_config = causal_lm_config(self.model_dir, cfg.tunelab.trust_remote_code)
         self.device, self.dtype = device_and_dtype(args)
+        self.world.start(self.device)
         self.output_dir = Path(args.output_dir)
         self.checkpoints = ckpt.CheckpointManager(self.output_dir, args.save_total_limit)
         self.base_model_name = cfg.tunelab.base_model_name or self.model_dir.resolve().name
         self.step = 0
+        self._saved_step = -1
         self._stop_signal: int | None = None
 
     def _data_file(self, key: str, name: str) -> Path:
@@ -118,7 +124,8 @@ class LoRAFinetuneRecipe:
             attn_implementation=cfg.tunelab.attn_implementation,
         )
         self.model = apply_lora(base, cfg.peft_config)
-        self.speed = plan_speed(cfg, self.device, self.model_config, free_gpu_bytes(self.device))
+        free = self.world.min_int(free_gpu_bytes(self.device), self.device)  # one row size for all ranks
+        self.speed = plan_speed(cfg, self.device, self.model_config, free)
         if self.speed.checkpointing:
             enable_checkpointing(self.model)
         self.layout, self.speed = choose_layout(
@@ -126,9 +133,10 @@ class LoRAFinetuneRecipe:
         )
         if self.speed.compile:
             log.info("compiling %d decoder layers (the first step includes it)", compile_layers(self.model))
+        self.world.check_same(self._layout_key(), "the batch layout")  # else the shares would overlap
         self.stream = BatchStream(train.samples, self.layout, args.seed)
         per_epoch = self.stream.micro_batches_per_epoch()
-        ga = args.gradient_accumulation_steps
+        ga = args.gradient_accumulation_steps * self.world.size  # micro-batches per step, all ranks
         self.max_steps = (
             args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch / ga)
         )
@@ -157,6 +165,11 @@ class LoRAFinetuneRecipe:
         warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.max_steps)
         self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, warmup, self.max_steps)
         resumed_from = self._restore()
+        if resumed_from is not None:
+            self._saved_step = self.step  # that checkpoint exists: stopping right away needs no other
+        self.world.broadcast_(params)  # the same LoRA weights on every rank, whatever the RNG did
+        if self.world.size > 1:  # dropout: other masks on every rank (one process: one stream of masks)
+            torch.manual_seed(args.seed + 7919 * (self.step * self.world.size + self.world.rank + 1))
         trainable = sum(p.numel() for p in params)
         total = sum(p.numel() for p in self.model.parameters())
         log.info(
@@ -171,6 +184,7 @@ class LoRAFinetuneRecipe:
             resumed_from=resumed_from,
             model=self.base_model_name,
             device=str(self.device),
+            world_size=self.world.size,
             dtype=str(self.dtype).removeprefix("torch."),
             packing=self.layout.name,
             samples_per_step=round(len(train.samples) / per_epoch * ga, 1),
@@ -185,12 +199,15 @@ class LoRAFinetuneRecipe:
         )
 
     def _restore(self) -> int | None:
-        self.checkpoints.remove_stale_temporaries()
+        if self.world.main:
+            self.checkpoints.remove_stale_temporaries()
+            if self.resume == "no":
+                for path in self.checkpoints.remove_all():
+                    log.warning("starting over as asked: removed %s", path)
+                for name in ("adapter_config.json", "run_summary.json"):  # an earlier run's final adapter
+                    (self.output_dir / name).unlink(missing_ok=True)
+        self.world.barrier()  # the other ranks look for checkpoints after rank 0 has tidied up
         if self.resume == "no":
-            for path in self.checkpoints.remove_all():
-                log.warning("starting over as asked: removed %s", path)
-            for name in ("adapter_config.json", "run_summary.json"):  # an earlier run's final adapter
-                (self.output_dir / name).unlink(missing_ok=True)
             return None
         if isinstance(self.resume, int):
             path = self.checkpoints.find(self.resume)
@@ -222,6 +239,14 @@ class LoRAFinetuneRecipe:
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "seed"):
             if old.get("training_args", {}).get(key) != mine["training_args"][key]:
                 log.warning("%s differs from %s: the data order after resuming is not the same", key, path)
+        if state.get("world_size", 1) != self.world.size:
+            log.warning(
+                "%s was trained by %s process(es), this run has %d: the data order after resuming is not "
+                "the same",
+                path,
+                state.get("world_size", 1),
+                self.world.size,
+            )
         layout = state.get("layout", self._layout_key())  # packed rows may be sized to another GPU
         if layout != self._layout_key():
             log.warning(
@@ -240,8 +265,10 @@ class LoRAFinetuneRecipe:
         ga = args.gradient_accumulation_steps
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
+        world = self.world
         progress = Progress(self.step, self.max_steps)
-        batches = Prefetcher(self.stream.iterate(start=self.step * ga), pin=self.device.type == "cuda")
+        shard = self.stream.iterate(start=self.step * ga, rank=world.rank, world=world.size)
+        batches = Prefetcher(shard, pin=self.device.type == "cuda")
         epoch = 0.0
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         self.model.train()
@@ -249,39 +276,56 @@ class LoRAFinetuneRecipe:
             while self.step < self.max_steps:
                 micro = [next(batches) for _ in range(ga)]
                 epoch = micro[-1][0]
-                label_tokens = max(sum(b.num_label_tokens for _, b in micro), 1)
+                counts = self._step_counts([b for _, b in micro])
+                label_tokens = counts[0].clamp(min=1).float()  # the loss: a mean over all ranks' tokens
                 total = torch.zeros((), device=self.device)
                 for _, batch in micro:
                     with self._autocast():
                         loss = loss_sum(self.model, batch.to(self.device), self.speed.checkpointing)
                     (loss / label_tokens).backward()
                     total += loss.detach()
+                total = sum_gradients(world, params, total)  # gradients and loss summed over ranks
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
                 lr = self.scheduler.get_last_lr()[0]
-                # The one host sync per step: the loss and the norm, checked before the update.
-                step_loss, norm = torch.stack([total / label_tokens, grad_norm.float()]).tolist()
+                # The one host sync per step: the loss, the norm and the counts, checked before the update.
+                synced = torch.cat([torch.stack([total / label_tokens, grad_norm.float()]).double(), counts])
+                step_loss, norm, labels, tokens, samples, stop = synced.tolist()
                 check_finite(step_loss, norm, self.step + 1, lr)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                progress.add(
-                    sum(b.num_tokens for _, b in micro),
-                    sum(b.num_samples for _, b in micro),
-                    step_loss * label_tokens,
-                    label_tokens,
-                )
+                progress.add(int(tokens), int(samples), step_loss * max(labels, 1), int(max(labels, 1)))
                 self._maybe_log_eval_save(progress, epoch, lr, norm)
-                if self._stop_signal is not None:
-                    self.save_checkpoint(epoch)
-                    self.metrics.emit("stopped", step=self.step, reason=f"signal {self._stop_signal}")
-                    raise StopRequested(f"stopped by signal {self._stop_signal} at step {self.step}")
+                # Several ranks stop after the same step: the flag was summed with the counts.
+                if stop if world.active else self._stop_signal is not None:
+                    signum = self._stop_signal or signal.SIGTERM
+                    if self._saved_step != self.step:
+                        self.save_checkpoint(epoch)
+                    self.metrics.emit("stopped", step=self.step, reason=f"signal {signum}")
+                    raise StopRequested(f"stopped by signal {signum} at step {self.step}")
         finally:
             batches.close()
             signal.signal(signal.SIGTERM, previous)
-        if self.intervals["save"] and self.step % self.intervals["save"] != 0:
+        if self.intervals["save"] and self._saved_step != self.step:
             self.save_checkpoint(epoch)
         self.save_final()
+
+    def _step_counts(self, micro: list[Batch]) -> torch.Tensor:
+        """[label tokens, real tokens, samples, stop requests] of this step, summed over the ranks.
+
+        Built on the host, copied without waiting and summed on the device: no host sync.
+        """
+        local = [
+            float(sum(b.num_label_tokens for b in micro)),
+            float(sum(b.num_tokens for b in micro)),
+            float(sum(b.num_samples for b in micro)),
+            float(self._stop_signal is not None),
+        ]
+        counts = torch.tensor(local, dtype=torch.float64)
+        if self.device.type == "cuda":
+            counts = counts.pin_memory().to(self.device, non_blocking=True)
+        return self.world.all_reduce_(counts)
 
     def _maybe_log_eval_save(self, progress: Progress, epoch: float, lr: float, grad_norm: float) -> None:
         due = {name: every and self.step % every == 0 for name, every in self.intervals.items()}
@@ -300,7 +344,9 @@ class LoRAFinetuneRecipe:
             log.info("step %d/%d loss %.4f lr %.3g", self.step, self.max_steps, fields["loss"], lr)
         with progress.pause():
             if due["eval"]:
-                self.evaluate("validation")
+                if self.world.main:
+                    self.evaluate("validation")
+                self.world.barrier()
             if due["save"]:
                 self.save_checkpoint(epoch)
 
@@ -352,20 +398,33 @@ class LoRAFinetuneRecipe:
         return {"generation_config": gen}
 
     # ---------------------------------------------------------------- save
-    def save_checkpoint(self, epoch: float) -> Path:
+    def save_checkpoint(self, epoch: float) -> Path | None:
+        """checkpoint-<step>, written by rank 0 while the other ranks wait (they return None)."""
+        self._saved_step = self.step
+        if not self.world.main:
+            self.world.barrier()
+            return None
+
         def write(tmp: Path) -> None:
             ckpt.write_training_state(tmp, self.model, self.optimizer, self.scheduler, self.base_model_name)
             state: dict[str, Any] = {"step": self.step, "max_steps": self.max_steps, "epoch": epoch}
             state |= {"base_model": self.base_model_name, "config": self.cfg.to_dict()}
-            state["layout"] = self._layout_key()
+            state["layout"], state["world_size"] = self._layout_key(), self.world.size
             ckpt.write_state(tmp, state)  # last: it marks the checkpoint complete
 
         path = self.checkpoints.save(self.step, write)
+        self.world.barrier()
         self.metrics.emit("checkpoint", step=self.step, path=str(path))
         return path
 
     def save_final(self) -> None:
-        """The adapter at the root of output_dir, then the test split and the optional merged model."""
+        """The adapter at the root of output_dir, then the test split and the optional merged model
+        (rank 0; the other ranks wait)."""
+        if self.world.main:
+            self._save_final()
+        self.world.barrier()
+
+    def _save_final(self) -> None:
         ckpt.publish_adapter(self.model, self.tokenizer, self.output_dir, self.base_model_name)
         summary: dict[str, Any] = {"base_model": self.base_model_name, "steps": self.step}
         summary["chat_format"] = self.format.name
@@ -380,9 +439,9 @@ class LoRAFinetuneRecipe:
         self.__dict__.pop("model", None)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        close = getattr(self.metrics, "close", None)
-        if close is not None:
-            close()
+        self.world.stop()
+        if self._metrics_close is not None:
+            self._metrics_close()
 
 
 # -------------------------------------------------------------------- helpers
