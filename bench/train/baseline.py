@@ -84,6 +84,10 @@ def run_baseline(
             use_cpu=use_cpu,
             disable_tqdm=True,
         )
+        # ChatGLM3's recipe runs on one GPU; on a machine with more, Trainer would wrap the model in
+        # DataParallel over all of them. Resolve the devices first, then keep one.
+        if training.n_gpu > 1:
+            training._n_gpu = 1
         collator = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)
         trainer = Trainer(
             model=model, args=training, train_dataset=dataset, data_collator=collator, callbacks=[Clock()]
