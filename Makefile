@@ -72,7 +72,7 @@ bench-gateway: setup  ## gateway overhead vs direct, nginx and LiteLLM, with wrk
 	$(PY) bench/gateway/run.py
 
 bench-train:  ## LoRA training speed vs ChatGLM3's HF Trainer setup, on a GPU box with torch, transformers and peft (writes bench/results/train.json)
-	python3 bench/train/run.py
+	python3 bench/train/run.py --ddp
 
 bench-vllm:  ## real vLLM behind the gateway on a Linux GPU box with vLLM installed (writes bench/results/vllm.json)
 	python3 bench/vllm/run.py
