@@ -11,17 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support import free_port
 from tunelab.gateway.gpu import GpuCollector
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -45,9 +38,24 @@ def prometheus(tmp_path: Path, served):
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "prometheus.log").open("wb"),
     )
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    # Prometheus answers 503 until its TSDB is open; queries before that are not answers.
+    deadline = time.monotonic() + 60
+    while not _ready(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"prometheus did not become ready: see {tmp_path / 'prometheus.log'}")
+        time.sleep(0.2)
+    yield url
     proc.terminate()
     proc.wait(10)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_prometheus_scrapes_request_metrics(served, prometheus: str) -> None:
