@@ -180,6 +180,16 @@ def samples(text: str) -> list[tuple[str, str, float]]:
     return out
 
 
+def histogram_totals(text: str, histograms: tuple[str, ...]) -> dict[str, float]:
+    """``<h>_sum`` and ``<h>_count`` of each named histogram, summed over its label sets."""
+    wanted = {f"{h}{suffix}" for h in histograms for suffix in ("_sum", "_count")}
+    out: dict[str, float] = {}
+    for name, _, value in samples(text):
+        if name in wanted:
+            out[name] = out.get(name, 0.0) + value
+    return out
+
+
 def gateway_metrics(text: str) -> dict[str, Any]:
     rows = samples(text)
     requests = {labels: value for name, labels, value in rows if name == "tunelab_gateway_requests_total"}

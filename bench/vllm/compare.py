@@ -2,6 +2,12 @@
 prompt set, fixed ``max_tokens``, ``ignore_eos`` so each request generates exactly that many tokens)
 at each concurrency, in rounds that alternate which side goes first (ABBA) so drift in the engine
 (warming, clocks, temperature) falls on both sides alike. A warm-up round on each side comes first.
+
+Probes say where the time goes: each is read before and after every round (outside the timed part)
+and returns cumulative Prometheus ``_sum``/``_count`` pairs, e.g. vLLM's own time to first token
+(from its arrival at vLLM's API server) and the gateway's (from its arrival at the gateway). Each
+side's level then carries the mean of every histogram over its rounds' requests: an added TTFT that
+vLLM also measures was spent inside vLLM; one only the client sees was spent before it.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ def run(
     plan: Plan,
     after_round: Callable[[str, int], None] = lambda side, c: None,
     log: Callable[[str], None] = print,
+    probe: Callable[[], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """``sides``: name → (base URL, model name). Returns per concurrency, per side, the summary of
     its rounds, and the gateway/direct comparison when the sides are named so."""
@@ -64,22 +71,41 @@ def run(
                 raise RuntimeError(f"warm-up on {name} ({url}) failed: {failed[0]}")
         for c in plan.concurrency:
             rounds: dict[str, list[RoundResult]] = {name: [] for name in sides}
+            moved: dict[str, dict[str, float]] = {name: {} for name in sides}
             per_worker = plan.per_worker_at(c)
             for r in range(plan.rounds):
                 order = list(sides) if r % 2 == 0 else list(reversed(sides))
                 for name in order:
                     url, model = sides[name]
+                    before = probe() if probe else {}
                     result = runner.run(
                         run_round(url, bodies(model, prompts, plan.max_tokens), c, per_worker, plan.stagger_s)
                     )
+                    if probe:
+                        for key, value in probe().items():
+                            moved[name][key] = moved[name].get(key, 0.0) + value - before.get(key, 0.0)
                     rounds[name].append(result)
                     after_round(name, c)
             level: dict[str, Any] = {name: summarize(rs) for name, rs in rounds.items()}
+            if probe:
+                for name in sides:
+                    level[name]["server_mean_ms"] = histogram_means(moved[name])
             level["requests_per_worker"] = per_worker
             if {"direct", "gateway"} <= set(sides):
                 level["comparison"] = compare(level["direct"], level["gateway"])
             out[f"c{c}"] = level
             log(line(c, level))
+    return out
+
+
+def histogram_means(moved: dict[str, float]) -> dict[str, float]:
+    """Mean in ms of each histogram whose ``_sum`` and ``_count`` moved (``name`` without suffix)."""
+    out = {}
+    for key, total in sorted(moved.items()):
+        if key.endswith("_sum"):
+            count = moved.get(key[: -len("_sum")] + "_count", 0.0)
+            if count > 0:
+                out[key[: -len("_sum")]] = round(total / count * 1000, 3)
     return out
 
 

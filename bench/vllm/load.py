@@ -216,4 +216,5 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
         "rounds_tokens_per_s": [
             round(sum(r.tokens for r in rnd.requests if r.ok) / rnd.wall_s, 1) for rnd in rounds
         ],
+        "rounds_ttft_ms_p50": [ms([r.ttft_s for r in rnd.requests if r.ok], 50) for rnd in rounds],
     }

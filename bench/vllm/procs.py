@@ -51,8 +51,15 @@ class Processes:
         self._pgids = work / "pgids"
 
     def start(
-        self, name: str, cmd: Sequence[str], env: dict[str, str], log: Path, cwd: Path | None = None
+        self,
+        name: str,
+        cmd: Sequence[str],
+        env: dict[str, str],
+        log: Path,
+        cwd: Path | None = None,
+        cpus: frozenset[int] | None = None,
     ) -> Proc:
+        """``cpus``: the CPUs the process and its children may run on (all, if None)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             out.write(f"$ {' '.join(cmd)}\n".encode())
@@ -65,6 +72,7 @@ class Processes:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
         proc = Proc(name, popen, log)
         self.procs.append(proc)

@@ -42,9 +42,17 @@ import checks  # noqa: E402
 import compare  # noqa: E402
 import report  # noqa: E402
 from procs import Processes, StartFailed  # noqa: E402
-from stack import child_env, deploy, start_gateway, start_upstream  # noqa: E402
+from stack import CpuSets, child_env, deploy, start_gateway, start_upstream  # noqa: E402
 
 LORA_YAML = REPO / "services/trainer/tunelab/recipes/lora/configs/lora.yaml"
+# Histograms read around each benchmark round: vLLM's time to first token (from its API server's
+# receipt), queueing and prefill, and the gateway's time to first token.
+PROBED = (
+    "vllm:time_to_first_token_seconds",
+    "vllm:request_queue_time_seconds",
+    "vllm:request_prefill_time_seconds",
+    "tunelab_gateway_time_to_first_token_seconds",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,7 +76,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--gpu-memory-utilization", type=float, default=0.3)
     g.add_argument("--max-lora-rank", type=int, default=16)
     g.add_argument("--max-model-len", type=int, default=2048)
-    g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument(
+        "--enforce-eager",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="no CUDA graphs: starts sooner, but each step costs CPU launch time and varies more",
+    )
+    g.add_argument("--max-num-seqs", type=int, default=128, help="vLLM's batch limit (fewer graphs)")
+    g.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="separate CPUs for the upstream, the gateway and the load client (8+ CPUs)",
+    )
     g.add_argument("--vllm-args", default="", help="more vLLM flags, one shell-quoted string")
     g.add_argument("--upstream-timeout", type=float, default=600)
     g = p.add_argument_group("checks and benchmark")
@@ -115,9 +135,13 @@ class Run:
         base, adapter = self.model_and_adapter()
         name = f"bench-{a.size}"
         ad_name = f"{name}-ad"
-        up = start_upstream(self.procs, a, a.upstream_python or a.python, base, name, self.logs)
+        cpus = CpuSets.split(os.sched_getaffinity(0)) if a.pin else None
+        r["cpu_sets"] = cpus.describe() if cpus else None
+        up = start_upstream(
+            self.procs, a, a.upstream_python or a.python, base, name, self.logs, cpus and cpus.upstream
+        )
         self.phase("upstream_start", up.started_s)
-        gw = start_gateway(self.procs, a.python, self.work, self.logs)
+        gw = start_gateway(self.procs, a.python, self.work, self.logs, cpus and cpus.gateway)
         self.phase("gateway_start", gw.started_s)
         r["deployment"] = dep = deploy(gw, "bench", name, base, ad_name, adapter, up.url)
         self.phase("deploy", dep["seconds"])
@@ -133,7 +157,7 @@ class Run:
         gpu_peaks: dict[str, float] = {}
         if not a.skip_bench:
             try:
-                self.benchmark(up.url, gw.http_url, name, gpu_peaks)
+                self.benchmark(up.url, gw.http_url, name, gpu_peaks, cpus and cpus.client)
             except RuntimeError as exc:  # recorded; the metrics below are still worth reading
                 r["errors"].append(f"benchmark: {exc}")
                 self.log(f"benchmark failed: {exc}")
@@ -177,8 +201,16 @@ class Run:
         r["adapter"] = report.adapter_info(adapter)
         return base, adapter
 
-    def benchmark(self, direct_url: str, gateway_url: str, model: str, gpu_peaks: dict[str, float]) -> None:
+    def benchmark(
+        self,
+        direct_url: str,
+        gateway_url: str,
+        model: str,
+        gpu_peaks: dict[str, float],
+        cpus: frozenset[int] | None,
+    ) -> None:
         started = time.monotonic()
+        everywhere = os.sched_getaffinity(0)
         plan = self.plan()
         top = max(plan.concurrency)
 
@@ -188,13 +220,23 @@ class Run:
                 for k, v in values.items():
                     gpu_peaks[k] = max(v, gpu_peaks.get(k, v))
 
-        self.result["benchmark"] = compare.run(
-            {"direct": (direct_url, model), "gateway": (gateway_url, model)},
-            report.prompts(self.args.prompts),
-            plan,
-            after_round,
-            self.log,
-        )
+        def probe() -> dict[str, float]:
+            text = report.get_text(f"{direct_url}/metrics") + report.get_text(f"{gateway_url}/metrics")
+            return checks.histogram_totals(text, PROBED)
+
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        try:
+            self.result["benchmark"] = compare.run(
+                {"direct": (direct_url, model), "gateway": (gateway_url, model)},
+                report.prompts(self.args.prompts),
+                plan,
+                after_round,
+                self.log,
+                probe,
+            )
+        finally:
+            os.sched_setaffinity(0, everywhere)
         self.phase("benchmark", time.monotonic() - started)
 
     def hidden_paths(self) -> dict[str, str]:

@@ -36,6 +36,30 @@ def child_env(*services: str, **extra: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class CpuSets:
+    """Disjoint CPUs for the upstream, the gateway and the load client, as separate containers with
+    CPU limits would have them: neither the gateway nor the client then takes CPU from vLLM's
+    CPU-bound scheduler and API server, on either side of the comparison."""
+
+    upstream: frozenset[int]
+    gateway: frozenset[int]
+    client: frozenset[int]
+
+    @classmethod
+    def split(cls, cpus: set[int], gateway: int = 2, client: int = 1) -> CpuSets | None:
+        """The last CPUs to the client and the gateway, the rest to the upstream; None when fewer
+        than 8 CPUs leave too few to split."""
+        ordered = sorted(cpus)
+        if len(ordered) < 8:
+            return None
+        rest, client_cpus = ordered[:-client], ordered[-client:]
+        return cls(frozenset(rest[:-gateway]), frozenset(rest[-gateway:]), frozenset(client_cpus))
+
+    def describe(self) -> dict[str, list[int]]:
+        return {k: sorted(getattr(self, k)) for k in ("upstream", "gateway", "client")}
+
+
 @dataclass
 class Upstream:
     kind: str  # "vllm" or "embedded"
@@ -43,7 +67,15 @@ class Upstream:
     started_s: float
 
 
-def start_upstream(procs: Processes, args: Any, python: str, base: Path, name: str, logs: Path) -> Upstream:
+def start_upstream(
+    procs: Processes,
+    args: Any,
+    python: str,
+    base: Path,
+    name: str,
+    logs: Path,
+    cpus: frozenset[int] | None = None,
+) -> Upstream:
     port = free_port()
     if args.engine == "vllm":
         cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base)]
@@ -51,6 +83,7 @@ def start_upstream(procs: Processes, args: Any, python: str, base: Path, name: s
         cmd += ["--enable-lora", "--max-lora-rank", str(args.max_lora_rank), "--max-loras", "2"]
         cmd += ["--dtype", "bfloat16", "--max-model-len", str(args.max_model_len)]
         cmd += ["--gpu-memory-utilization", str(args.gpu_memory_utilization), "--disable-uvicorn-access-log"]
+        cmd += ["--max-num-seqs", str(args.max_num_seqs)]
         if args.enforce_eager:
             cmd.append("--enforce-eager")
         cmd += shlex.split(args.vllm_args)
@@ -68,7 +101,7 @@ def start_upstream(procs: Processes, args: Any, python: str, base: Path, name: s
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--max-batch-size", "16"]
         env = child_env("common", "engine")
         timeout = min(args.upstream_timeout, 300)
-    proc = procs.start(args.engine, cmd, env, logs / "upstream.log")
+    proc = procs.start(args.engine, cmd, env, logs / "upstream.log", cpus=cpus)
     url = f"http://127.0.0.1:{port}"
     return Upstream(args.engine, url, wait_http(proc, f"{url}/health", timeout))
 
@@ -80,7 +113,9 @@ class GatewayProc:
     started_s: float
 
 
-def start_gateway(procs: Processes, python: str, work: Path, logs: Path) -> GatewayProc:
+def start_gateway(
+    procs: Processes, python: str, work: Path, logs: Path, cpus: frozenset[int] | None = None
+) -> GatewayProc:
     http_port, grpc_port = free_port(), free_port()
     env = child_env(
         "common",
@@ -93,7 +128,7 @@ def start_gateway(procs: Processes, python: str, work: Path, logs: Path) -> Gate
         TUNELAB_GPU_POLL_INTERVAL_S="1",  # NVML in a background thread; fresher values under load
         TUNELAB_LOG_LEVEL="info",
     )
-    proc = procs.start("gateway", [python, "-m", "tunelab.gateway"], env, logs / "gateway.log")
+    proc = procs.start("gateway", [python, "-m", "tunelab.gateway"], env, logs / "gateway.log", cpus=cpus)
     url = f"http://127.0.0.1:{http_port}"
     seconds = wait_http(proc, f"{url}/healthz", 120)
     deadline = time.monotonic() + 30

@@ -41,6 +41,7 @@ class Record:
     cancelled: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     loaded: dict[str, str] = field(default_factory=dict)
+    control_peers: list[str] = field(default_factory=list)  # client host:port of each /health call
 
 
 async def _client_gone(request: Request) -> None:
@@ -52,7 +53,9 @@ def build_fake(b: Behaviour, rec: Record) -> FastAPI:
     app = FastAPI()
 
     @app.get("/health")
-    async def health() -> Response:
+    async def health(request: Request) -> Response:
+        if request.client is not None:
+            rec.control_peers.append(f"{request.client.host}:{request.client.port}")
         return Response(status_code=200 if b.healthy else 503)
 
     @app.get("/v1/models")

@@ -69,6 +69,11 @@ def test_rehearsal_end_to_end(base_and_adapter: tuple[Path, Path], tmp_path: Pat
             stats = result["metrics"]["levels"][level][side]
             assert stats["errors"] == 0 and stats["output_tokens"] > 0, stats
         assert result["metrics"]["levels"][level]["comparison"]["throughput_ratio"] > 0
+        # The probes read the gateway's own TTFT histogram around the gateway's rounds only.
+        gw_means = result["metrics"]["levels"][level]["gateway"]["server_mean_ms"]
+        assert gw_means["tunelab_gateway_time_to_first_token_seconds"] > 0, gw_means
+        direct_means = result["metrics"]["levels"][level]["direct"]["server_mean_ms"]
+        assert "tunelab_gateway_time_to_first_token_seconds" not in direct_means, direct_means
     routes = set(result["gateway_metrics"]["routes"])
     assert {"triton_generate", "triton_generate_stream", "openai_chat", "openai_completions"} <= routes
     assert result["upstream_metrics"]["series"] > 0

@@ -5,6 +5,7 @@ and every served name listed by ``/v1/models``)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,24 @@ class Replicas:
     adapter_paths: dict[str, str]  # adapter name → path as the replica sees it
     engines: list[EngineProcess] = field(default_factory=list)
     base_name: str = ""  # the base model's name on the replicas, once seen
+    _clients: dict[str, ReplicaClient] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def client(self, url: str, api_key: str, timeout_s: float) -> ReplicaClient:
+        """One control client per replica, kept for the deployment's life: building an HTTP client
+        (its TLS context) costs tens of milliseconds of CPU, which the request path would feel
+        on every health check."""
+        with self._lock:
+            client = self._clients.get(url)
+            if client is None:
+                client = self._clients[url] = ReplicaClient(url, api_key, timeout_s=timeout_s)
+            return client
+
+    def close_clients(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
 
 class Loader:
@@ -102,7 +121,7 @@ class Loader:
                 error=f"engine exited with {code}: {engine.log_tail()}",
                 last_check_time=time.time(),
             )
-        client = ReplicaClient(url, spec.upstream.api_key, timeout_s=self.health_timeout_s)
+        client = replicas.client(url, spec.upstream.api_key, self.health_timeout_s)
         try:
             client.health()
             served = client.models()
@@ -115,8 +134,6 @@ class Loader:
             return ReplicaStatus(url, True, tuple(m.id for m in served), last_check_time=time.time())
         except TunelabError as exc:
             return ReplicaStatus(url, False, error=exc.message, last_check_time=time.time())
-        finally:
-            client.close()
 
     def _missing(self, spec: DeploymentSpec, replicas: Replicas, served: list[ServedModel]) -> str:
         """What the replica lacks, as a message with the fix; empty when it serves everything."""
@@ -160,14 +177,14 @@ class Loader:
     def unload(self, spec: DeploymentSpec, replicas: Replicas, grace_s: float = 10.0) -> None:
         for engine in replicas.engines:
             engine.stop(grace_s)
-        if spec.upstream.kind == "vllm":
-            for url in replicas.urls:
-                client = ReplicaClient(url, spec.upstream.api_key)
-                try:
+        try:
+            if spec.upstream.kind == "vllm":
+                for url in replicas.urls:
+                    client = replicas.client(url, spec.upstream.api_key, self.health_timeout_s)
                     for a in spec.adapters:
                         client.unload_adapter(a.name)
-                finally:
-                    client.close()
+        finally:
+            replicas.close_clients()
 
 
 def load_error(exc: BaseException) -> str:

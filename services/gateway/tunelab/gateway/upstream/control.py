@@ -33,6 +33,8 @@ class ReplicaClient:
             return self._http.get(path)
         except httpx.HTTPError as exc:
             raise Unavailable(f"{self.base_url}{path}: {exc or type(exc).__name__}") from None
+        except RuntimeError:  # closed by an unload racing this check: the deployment is going away
+            raise Unavailable(f"{self.base_url}{path}: the deployment is being unloaded") from None
 
     def health(self) -> None:
         """Raises Unavailable unless ``/health`` answers 200."""
@@ -75,5 +77,5 @@ class ReplicaClient:
     def unload_adapter(self, name: str) -> None:
         try:
             self._http.post("/v1/unload_lora_adapter", json={"lora_name": name})
-        except httpx.HTTPError:
+        except (httpx.HTTPError, RuntimeError):
             pass
