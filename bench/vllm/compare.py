@@ -109,18 +109,36 @@ def histogram_means(moved: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def compare(direct: dict[str, Any], gateway: dict[str, Any]) -> dict[str, float | None]:
+def compare(direct: dict[str, Any], gateway: dict[str, Any]) -> dict[str, Any]:
+    """The targets' figures, and two that say how much of a difference is the engine's doing:
+    ``round_ratios`` (gateway / direct throughput of each pair of rounds, run back to back) and
+    ``outside_engine_added_ms``: the mean time to first token the client saw, minus the mean vLLM
+    measured itself (from its API server's receipt), gateway side minus direct side. That removes
+    the engine's own round-to-round swing and leaves what lies outside it: the gateway's hop."""
+
     def diff(key: str) -> float | None:
         d, g = direct.get(key), gateway.get(key)
         return None if d is None or g is None else round(g - d, 3)
 
     d_tps, g_tps = direct["output_tokens_per_s"], gateway["output_tokens_per_s"]
-    return {
+    out: dict[str, Any] = {
         "throughput_ratio": round(g_tps / d_tps, 4) if d_tps and g_tps else None,
         "ttft_p50_added_ms": diff("ttft_ms_p50"),
         "ttft_p99_added_ms": diff("ttft_ms_p99"),
+        "ttft_mean_added_ms": diff("ttft_ms_mean"),
         "itl_p50_added_ms": diff("itl_ms_p50"),
+        "round_ratios": [
+            round(g / d, 3) if d else None
+            for d, g in zip(direct["rounds_tokens_per_s"], gateway["rounds_tokens_per_s"], strict=False)
+        ],
     }
+    engine = "vllm:time_to_first_token_seconds"
+    d_eng = direct.get("server_mean_ms", {}).get(engine)
+    g_eng = gateway.get("server_mean_ms", {}).get(engine)
+    if None not in (d_eng, g_eng, direct.get("ttft_ms_mean"), gateway.get("ttft_ms_mean")):
+        outside = (gateway["ttft_ms_mean"] - g_eng) - (direct["ttft_ms_mean"] - d_eng)
+        out["outside_engine_added_ms"] = round(outside, 3)
+    return out
 
 
 def line(c: int, level: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ class RequestResult:
 class RoundResult:
     wall_s: float
     requests: list[RequestResult] = field(default_factory=list)
+    cpu_s: float = 0.0  # this client's CPU time during the round: near wall_s, the client was the limit
 
 
 class HttpError(Exception):
@@ -162,13 +163,13 @@ async def run_round(
             body = bodies[(w * per_worker + j) % len(bodies)]
             results.append(await stream_one(conns[w], body))
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
     finally:
         for c in conns:
             c.close()
-    return RoundResult(time.perf_counter() - start, results)
+    return RoundResult(time.perf_counter() - start, results, time.process_time() - cpu)
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -210,6 +211,7 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
         "wall_s": round(wall, 3),
         "output_tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
         "ttft_ms_p50": ms(ttft, 50),
+        "ttft_ms_mean": round(sum(ttft) / len(ttft) * 1000, 3) if ttft else None,
         "ttft_ms_p99": ms(ttft, 99),
         "itl_ms_p50": ms(itl, 50),
         "e2e_ms_p50": ms([r.total_s for r in ok], 50),
@@ -217,4 +219,5 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
             round(sum(r.tokens for r in rnd.requests if r.ok) / rnd.wall_s, 1) for rnd in rounds
         ],
         "rounds_ttft_ms_p50": [ms([r.ttft_s for r in rnd.requests if r.ok], 50) for rnd in rounds],
+        "client_cpu_share": round(sum(rnd.cpu_s for rnd in rounds) / wall, 3) if wall > 0 else None,
     }

@@ -153,23 +153,90 @@ class UpstreamCall:
         ``first_token``), later ones within the idle timeout, all within the total."""
         assert self.response is not None
         it = aiter(self.response)
-        phase = self.t.first_token if first_token else self.t.idle
-        while True:
-            try:
-                async with asyncio.timeout(self._left(phase)):
+        timer = StallTimer(self.t.first_token if first_token else self.t.idle, self.deadline)
+        try:
+            while True:
+                timer.waiting()
+                try:
                     chunk = await anext(it)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                self.metrics.upstream_error(self.route.model, "timeout")
-                raise UpstreamTimeout(
-                    f"model {self.route.model!r}: the replica stopped sending for {phase:g}s"
-                ) from None
-            except UpstreamConnectionError as exc:
-                self.metrics.upstream_error(self.route.model, "disconnect")
-                raise UpstreamError(f"model {self.route.model!r}: {exc}", 502) from None
-            phase = self.t.idle
-            yield chunk
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if timer.expired():
+                        self.metrics.upstream_error(self.route.model, "timeout")
+                        raise self._timeout(timer) from None
+                    raise
+                except UpstreamConnectionError as exc:
+                    self.metrics.upstream_error(self.route.model, "disconnect")
+                    raise UpstreamError(f"model {self.route.model!r}: {exc}", 502) from None
+                timer.received(self.t.idle)
+                yield chunk
+        finally:
+            timer.stop()
+
+    def _timeout(self, timer: StallTimer) -> UpstreamTimeout:
+        model = self.route.model
+        if timer.past_deadline:
+            return UpstreamTimeout(f"model {model!r}: no complete answer within {self.t.total:g}s")
+        return UpstreamTimeout(f"model {model!r}: the replica stopped sending for {timer.phase:g}s")
+
+
+class StallTimer:
+    """A stream's first-token, idle and total timeouts on one timer. Each chunk only notes that the
+    wait for the next one began; the timer, when it fires before anything is due, re-arms for what
+    is left. (``asyncio.timeout`` around every chunk schedules and cancels a timer per token, which
+    was half of the gateway's CPU with 64 streams.) On expiry it cancels the waiting task, as
+    ``asyncio.timeout`` does; ``expired()`` then tells that cancellation from any other."""
+
+    __slots__ = ("_fired", "_handle", "_loop", "_task", "deadline", "past_deadline", "phase", "since")
+
+    def __init__(self, phase: float, deadline: float) -> None:
+        self.phase, self.deadline = phase, deadline  # deadline: time.monotonic() seconds
+        self.since: float | None = None  # when the current wait began; None while not waiting
+        self.past_deadline = False
+        self._fired = False
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._arm(time.monotonic())
+
+    def _arm(self, now: float) -> asyncio.TimerHandle:
+        self._handle = self._loop.call_later(max(0.0, min(self.phase, self.deadline - now)), self._check)
+        return self._handle
+
+    def waiting(self) -> None:
+        self.since = time.monotonic()
+
+    def received(self, next_phase: float) -> None:
+        """A chunk came; the next wait may last ``next_phase``. The timer is always due no later
+        than the current wait's end; only a shorter phase (first token → idle) moves it."""
+        self.since = None
+        if next_phase != self.phase:
+            self.phase = next_phase
+            self._handle.cancel()
+            self._arm(time.monotonic())
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        if self.since is None:  # the chunk is being handed on: time the next wait from its start
+            self._arm(now)
+            return
+        due = min(self.since + self.phase, self.deadline)
+        if now < due:
+            self._handle = self._loop.call_later(due - now, self._check)
+            return
+        self._fired, self.past_deadline = True, now >= self.deadline
+        if self._task is not None:
+            self._task.cancel()
+
+    def expired(self) -> bool:
+        """Whether the CancelledError being handled is this timer's (then it is consumed)."""
+        if not self._fired or self._task is None:
+            return False
+        self._fired = False
+        return self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 def upstream_message(raw: bytes) -> str:
