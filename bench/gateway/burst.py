@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--per-worker", type=int, default=2)
     p.add_argument("--first-token-ms", type=float, default=70.0)
     p.add_argument("--token-ms", type=float, default=30.0)
+    p.add_argument("--shared-rounds", type=int, default=4, help="rounds with half the streams each way")
     p.add_argument("--json", type=Path, help="write the per-level summaries here")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-burst-"))
@@ -69,6 +70,7 @@ def main() -> None:
             rounds=args.rounds,
             max_tokens=args.max_tokens,
             per_worker=args.per_worker,
+            shared_rounds=args.shared_rounds,
         )
         out = compare.run(sides, PROMPTS, plan)
     finally:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from load import RoundResult, new_loop, run_round, summarize
+from load import RoundResult, new_loop, run_round, run_shared_round, summarize
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Plan:
     min_requests: int = 4  # requests per round, at least (matters at concurrency 1)
     warmup_concurrency: int = 8
     stagger_s: float = 0.0  # spread the workers' first requests over this many seconds (0: lockstep)
+    shared_rounds: int = 0  # then rounds in which both sides share the engine (load.run_shared_round)
 
     def per_worker_at(self, concurrency: int) -> int:
         return max(self.per_worker, math.ceil(self.min_requests / concurrency))
@@ -93,8 +94,37 @@ def run(
             level["requests_per_worker"] = per_worker
             if {"direct", "gateway"} <= set(sides):
                 level["comparison"] = compare(level["direct"], level["gateway"])
+                if plan.shared_rounds:
+                    level["shared"] = shared(runner, sides, prompts, plan, c)
             out[f"c{c}"] = level
             log(line(c, level))
+    return out
+
+
+def shared(
+    runner: asyncio.Runner, sides: dict[str, tuple[str, str]], prompts: list[str], plan: Plan, c: int
+) -> dict[str, Any]:
+    """Rounds in which half the streams go direct and half through the gateway at once: both meet
+    the same engine steps, so the engine's round-to-round swing (in separate rounds, several
+    milliseconds of time to first token at 16 and 64 streams) falls on both alike and the
+    difference left is the gateway's. Each worker alternates sides, so each side gets half."""
+    per_worker = 2 * plan.per_worker_at(c)  # even: each worker sends as many each way
+    targets = {name: (url, bodies(model, prompts, plan.max_tokens)) for name, (url, model) in sides.items()}
+    rounds: dict[str, list[RoundResult]] = {name: [] for name in sides}
+    for _ in range(plan.shared_rounds):
+        for name, result in runner.run(run_shared_round(targets, c, per_worker)).items():
+            rounds[name].append(result)
+    out: dict[str, Any] = {name: summarize(rs) for name, rs in rounds.items()}
+    d, g = out["direct"], out["gateway"]
+    out["comparison"] = {
+        "ttft_p50_added_ms": round(g["ttft_ms_p50"] - d["ttft_ms_p50"], 3),
+        "ttft_mean_added_ms": round(g["ttft_ms_mean"] - d["ttft_ms_mean"], 3),
+        "itl_p50_added_ms": round(g["itl_ms_p50"] - d["itl_ms_p50"], 3),
+        "rounds_ttft_p50_added_ms": [
+            round(gr - dr, 3)
+            for dr, gr in zip(d["rounds_ttft_ms_p50"], g["rounds_ttft_ms_p50"], strict=False)
+        ],
+    }
     return out
 
 
@@ -153,4 +183,6 @@ def line(c: int, level: dict[str, Any]) -> str:
     cmp_ = level.get("comparison")
     if cmp_:
         parts.append(f"ratio {cmp_['throughput_ratio']}, ttft p50 +{cmp_['ttft_p50_added_ms']} ms")
+    if level.get("shared"):
+        parts.append(f"shared rounds: ttft p50 +{level['shared']['comparison']['ttft_p50_added_ms']} ms")
     return " | ".join(parts)

@@ -172,6 +172,34 @@ async def run_round(
     return RoundResult(time.perf_counter() - start, results, time.process_time() - cpu)
 
 
+async def run_shared_round(
+    sides: dict[str, tuple[str, list[dict[str, Any]]]], concurrency: int, per_worker: int
+) -> dict[str, RoundResult]:
+    """Every side in the same round: ``concurrency`` workers, each alternating between the sides
+    request by request (worker w's j-th request to side ``(w + j) % len(sides)``), so at any moment
+    half the streams go each way and both sides' requests meet the same engine steps. ``sides``:
+    name → (base URL, bodies). Each side's result carries the round's wall time."""
+    names = list(sides)
+    conns = {name: [Connection(sides[name][0]) for _ in range(concurrency)] for name in names}
+    results: dict[str, list[RequestResult]] = {name: [] for name in names}
+
+    async def worker(w: int) -> None:
+        for j in range(per_worker):
+            name = names[(w + j) % len(names)]
+            bodies = sides[name][1]
+            results[name].append(await stream_one(conns[name][w], bodies[(w * per_worker + j) % len(bodies)]))
+
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    finally:
+        for side in conns.values():
+            for c in side:
+                c.close()
+    wall, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    return {name: RoundResult(wall, results[name], cpu_s / len(names)) for name in names}
+
+
 def new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop

@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--check-max-tokens", type=int, default=1024, help="the seed's max_tokens")
     g.add_argument("--concurrency", default="1,16,64")
     g.add_argument("--rounds", type=int, default=4, help="even: each side goes first equally often")
+    g.add_argument(
+        "--shared-rounds",
+        type=int,
+        default=4,
+        help="then rounds with half the streams each way at once (the TTFT target's measure; 0: none)",
+    )
     g.add_argument("--max-tokens", type=int, default=128)
     g.add_argument("--per-worker", type=int, default=2)
     g.add_argument("--min-requests", type=int, default=4)
@@ -291,6 +297,7 @@ class Run:
             a.per_worker,
             a.min_requests,
             stagger_s=a.stagger_s,
+            shared_rounds=a.shared_rounds,
         )
 
 

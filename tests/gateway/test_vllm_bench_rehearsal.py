@@ -49,7 +49,8 @@ def test_rehearsal_end_to_end(base_and_adapter: tuple[Path, Path], tmp_path: Pat
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, str(RUN), "--engine", "embedded", "--base-model", str(base)]
     cmd += ["--adapter", str(adapter), "--work", str(work), "--out", str(out)]
-    cmd += ["--concurrency", "1,4", "--rounds", "1", "--max-tokens", "8", "--check-max-tokens", "16"]
+    cmd += ["--concurrency", "1,4", "--rounds", "1", "--shared-rounds", "1", "--max-tokens", "8"]
+    cmd += ["--check-max-tokens", "16"]
     cmd += ["--prompts", "8", "--min-requests", "2", "--per-worker", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     # 3: ran through, some target missed (CPU timings are noise); anything else is a failure.
@@ -74,6 +75,11 @@ def test_rehearsal_end_to_end(base_and_adapter: tuple[Path, Path], tmp_path: Pat
         assert gw_means["tunelab_gateway_time_to_first_token_seconds"] > 0, gw_means
         direct_means = result["metrics"]["levels"][level]["direct"]["server_mean_ms"]
         assert "tunelab_gateway_time_to_first_token_seconds" not in direct_means, direct_means
+        # Shared rounds: each worker alternates sides, so each side gets as many requests.
+        shared = result["metrics"]["levels"][level]["shared"]
+        assert shared["direct"]["errors"] == shared["gateway"]["errors"] == 0, shared
+        assert shared["direct"]["requests"] == shared["gateway"]["requests"] >= int(level[1:]), shared
+        assert result["targets"][f"ttft_p50_added_{level}"]["metric"].endswith("same rounds")
     routes = set(result["gateway_metrics"]["routes"])
     assert {"triton_generate", "triton_generate_stream", "openai_chat", "openai_completions"} <= routes
     assert result["upstream_metrics"]["series"] > 0
