@@ -78,7 +78,7 @@ bench-vllm:  ## real vLLM behind the gateway on a Linux GPU box with vLLM instal
 	python3 bench/vllm/run.py
 
 bench-vllm-rehearsal: setup  ## the bench-vllm flow on CPU, tunelab's embedded engine in vLLM's place
-	$(PY) bench/vllm/run.py --engine embedded --concurrency 1,4 --rounds 2 --max-tokens 16
+	$(PY) bench/vllm/run.py --engine embedded --concurrency 1,4 --rounds 2 --shared-rounds 1 --max-tokens 16
 
 clean:  ## remove the environment and caches
 	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache

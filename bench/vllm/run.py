@@ -13,10 +13,12 @@ DIR``, or a short ``python -m tunelab.recipes.lora`` run on that base; (3) the u
 the gateway's gRPC API, which loads the adapter; (5) checks: the upstream lists the adapter, and
 through the gateway ``/v1/models``, the seed's Triton ``/generate`` and ``/generate_stream``, a
 streaming chat to the adapter, base and adapter answering differently; (6) the
-benchmark (``compare.py``); (7) the gateway's ``/metrics`` (request and NVML GPU series) and the
-upstream's. Writes bench/results/vllm.json (a rehearsal with the embedded engine writes into the
-work directory instead) and copies it with the logs into ``--out``. Every process started here is
-killed at the end, on failure too.
+benchmark (``compare.py``: separate rounds for throughput, shared rounds for time to first token, and
+vLLM's own TTFT read around each round; vLLM, gateway and client on disjoint CPUs with 8+); (7) the
+gateway's ``/metrics`` (request and NVML GPU series) and the upstream's. Writes
+bench/results/vllm.json (a rehearsal with the embedded engine writes into the work directory instead)
+and copies it with the logs into ``--out``. Every process started here is killed at the end, on
+failure too.
 """
 
 from __future__ import annotations
@@ -94,11 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("checks and benchmark")
     g.add_argument("--check-max-tokens", type=int, default=1024, help="the seed's max_tokens")
     g.add_argument("--concurrency", default="1,16,64")
-    g.add_argument("--rounds", type=int, default=4, help="even: each side goes first equally often")
+    g.add_argument("--rounds", type=int, default=10, help="even: each side goes first equally often")
     g.add_argument(
         "--shared-rounds",
         type=int,
-        default=4,
+        default=6,
         help="then rounds with half the streams each way at once (the TTFT target's measure; 0: none)",
     )
     g.add_argument("--max-tokens", type=int, default=128)

@@ -700,3 +700,38 @@ def test_settings_select_and_check_the_executor(tmp_path: Path, monkeypatch: pyt
         assert trainer.executor.name == "kubernetes" and trainer.capacity().total_gpus == 2
     finally:
         trainer.close()
+
+
+def test_only_worker_0_ends_a_multi_worker_attempt_on_success(kube_stack: SimpleNamespace) -> None:
+    """Worker 0 commits the outputs, so its exit ends the attempt; another worker's success only
+    means its share is done; any worker's failure ends the attempt at once."""
+    client, api = kube_stack.client, kube_stack.api
+
+    def report(job: str, worker: int, *events: pb.JobEvent) -> None:
+        for seq, e in enumerate(events, start=1):
+            e.sequence = seq
+        req = pb.ReportJobEventsRequest(name=job, attempt=1, worker_index=worker, events=list(events))
+        client.stub.ReportJobEvents(req)
+
+    running = pb.JobEvent(phase=pb.PhaseEvent(state=pb.Job.STATE_RUNNING, phase="running"))
+    never = {"restart_policy": pb.RESTART_POLICY_NEVER}
+    for name in ("ok2", "bad2"):
+        job = client.submit(spec(py("pass"), workers=2, **never), name)
+        created(api, f"tl-{name}-1")
+        api.set_status(JOBS, NS, f"tl-{name}-1", {"active": 2, "ready": 2}, suspend=False)
+        for worker in (0, 1):
+            report(job.name, worker, pb.JobEvent(phase=running.phase))
+        wait_until(lambda n=job.name: client.get(n).state == pb.Job.STATE_RUNNING, what="running")
+
+    # ok2: worker 1 succeeds first, and the attempt goes on until worker 0 does.
+    report("jobs/ok2", 1, pb.JobEvent(phase=running.phase), pb.JobEvent(exit=pb.ExitEvent(exit_code=0)))
+    time.sleep(1.0)  # several scheduling passes
+    assert client.get("jobs/ok2").state == pb.Job.STATE_RUNNING
+    report("jobs/ok2", 0, pb.JobEvent(phase=running.phase), pb.JobEvent(exit=pb.ExitEvent(exit_code=0)))
+    assert wait_for(client, "jobs/ok2").state == SUCCEEDED
+
+    # bad2: worker 1 fails, which ends the attempt while worker 0 still runs.
+    failed = pb.JobEvent(exit=pb.ExitEvent(exit_code=2, reason="NonZeroExit", message="exit 2"))
+    report("jobs/bad2", 1, pb.JobEvent(phase=running.phase), failed)
+    done = wait_for(client, "jobs/bad2")
+    assert done.state == FAILED and done.reason == "NonZeroExit", (done.reason, done.message)
