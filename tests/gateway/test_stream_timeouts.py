@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from tunelab.gateway.errors import UpstreamTimeout
 from tunelab.gateway.metrics import GatewayMetrics
-from tunelab.gateway.proxy import UpstreamCall
+from tunelab.gateway.proxy import StallTimer, UpstreamCall
 from tunelab.gateway.routing import PhaseTimeouts, Route
 
 
@@ -103,3 +103,20 @@ def test_another_cancellation_is_not_taken_for_a_timeout() -> None:
             await task
 
     asyncio.run(run())
+
+
+def test_the_total_running_out_while_a_chunk_is_handed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The consumer holds the first chunk past the total deadline: the next wait fails at once, and
+    # the timer does not spin in the meantime.
+    checks = []
+    original = StallTimer._check
+
+    def counted(self: StallTimer) -> None:
+        checks.append(time.monotonic())
+        original(self)
+
+    monkeypatch.setattr(StallTimer, "_check", counted)
+    call = _call([0.0, 0.0, 0.0], first_token=0.1, idle=0.1, total=0.2)
+    with pytest.raises(UpstreamTimeout, match=r"no complete answer within 0\.2s"):
+        asyncio.run(_collect(call, consumer_pause=0.5))
+    assert len(checks) < 10, f"the timer ran {len(checks)} times in 0.5 s"

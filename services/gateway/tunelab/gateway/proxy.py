@@ -156,7 +156,9 @@ class UpstreamCall:
         timer = StallTimer(self.t.first_token if first_token else self.t.idle, self.deadline)
         try:
             while True:
-                timer.waiting()
+                if timer.waiting():  # the total ran out while the last chunk was handed on
+                    self.metrics.upstream_error(self.route.model, "timeout")
+                    raise self._timeout(timer)
                 try:
                     chunk = await anext(it)
                 except StopAsyncIteration:
@@ -200,11 +202,15 @@ class StallTimer:
         self._handle = self._arm(time.monotonic())
 
     def _arm(self, now: float) -> asyncio.TimerHandle:
-        self._handle = self._loop.call_later(max(0.0, min(self.phase, self.deadline - now)), self._check)
+        left = self.deadline - now  # past the deadline: the next ``waiting()`` says so; no zero delays
+        self._handle = self._loop.call_later(min(self.phase, left) if left > 0 else self.phase, self._check)
         return self._handle
 
-    def waiting(self) -> None:
+    def waiting(self) -> bool:
+        """A wait for the next chunk begins; True when the total deadline has passed already."""
         self.since = time.monotonic()
+        self.past_deadline = self.since >= self.deadline
+        return self.past_deadline
 
     def received(self, next_phase: float) -> None:
         """A chunk came; the next wait may last ``next_phase``. The timer is always due no later
