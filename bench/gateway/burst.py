@@ -24,7 +24,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "vllm")]
 
 import common as bc  # noqa: E402
 import compare  # noqa: E402
-from run import Proc, start_tunelab  # noqa: E402
+from run import start_fake_upstream, start_tunelab  # noqa: E402
 
 PROMPTS = [f"prompt {i}" for i in range(64)]
 
@@ -42,22 +42,8 @@ def main() -> None:
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-burst-"))
     port = bc.free_port()
-    upstream = Proc(
-        [
-            sys.executable,
-            str(HERE / "fake_upstream.py"),
-            "--port",
-            str(port),
-            "--chunks",
-            str(args.max_tokens),
-            "--first-token-ms",
-            str(args.first_token_ms),
-            "--token-ms",
-            str(args.token_ms),
-        ],
-        port,
-        tmp / "upstream.log",
-    )
+    pacing = ["--chunks", str(args.max_tokens), "--first-token-ms", str(args.first_token_ms)]
+    upstream = start_fake_upstream(tmp, port, *pacing, "--token-ms", str(args.token_ms))
     gateway = None
     try:
         gateway = start_tunelab(tmp, port)

@@ -145,6 +145,15 @@ class Proc:
                 os.killpg(self.proc.pid, 9)
 
 
+def start_fake_upstream(tmp: Path, port: int, *flags: str) -> Proc:
+    """``fake_upstream.py`` on ``port`` with ``flags`` (its --help lists them), logging into ``tmp``."""
+    return Proc(
+        [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(port), *flags],
+        port,
+        tmp / "upstream.log",
+    )
+
+
 def start_tunelab(tmp: Path, upstream: int) -> Proc:
     from tunelab.common.grpc.channel import open_channel
     from tunelab.gateway.v1 import gateway_pb2 as pb
@@ -271,18 +280,7 @@ def main() -> None:
             sys.exit(f"{tool} is missing: apt-get install -y nginx wrk")
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     upstream_port = bc.free_port()
-    upstream = Proc(
-        [
-            sys.executable,
-            str(HERE / "fake_upstream.py"),
-            "--port",
-            str(upstream_port),
-            "--slow-chunk-delay-ms",
-            "30",
-        ],
-        upstream_port,
-        tmp / "upstream.log",
-    )
+    upstream = start_fake_upstream(tmp, upstream_port, "--slow-chunk-delay-ms", "30")
     results: dict[str, Any] = {}
     try:
         results["direct"] = measure("direct", upstream_port, args.duration, tmp)

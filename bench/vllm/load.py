@@ -153,37 +153,28 @@ async def run_round(
     All workers start at once (requests of equal length then stay in lockstep, as with
     ``vllm bench serve --max-concurrency``), or, with ``stagger_s``, worker w after
     ``stagger_s * w / concurrency`` seconds, which spreads arrivals like independent clients."""
-    conns = [Connection(base_url) for _ in range(concurrency)]
-    results: list[RequestResult] = []
-
-    async def worker(w: int) -> None:
-        if stagger_s > 0:
-            await asyncio.sleep(stagger_s * w / concurrency)
-        for j in range(per_worker):
-            body = bodies[(w * per_worker + j) % len(bodies)]
-            results.append(await stream_one(conns[w], body))
-
-    start, cpu = time.perf_counter(), time.process_time()
-    try:
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    finally:
-        for c in conns:
-            c.close()
-    return RoundResult(time.perf_counter() - start, results, time.process_time() - cpu)
+    rounds = await run_shared_round({"": (base_url, bodies)}, concurrency, per_worker, stagger_s)
+    return rounds[""]
 
 
 async def run_shared_round(
-    sides: dict[str, tuple[str, list[dict[str, Any]]]], concurrency: int, per_worker: int
+    sides: dict[str, tuple[str, list[dict[str, Any]]]],
+    concurrency: int,
+    per_worker: int,
+    stagger_s: float = 0.0,
 ) -> dict[str, RoundResult]:
-    """Every side in the same round: ``concurrency`` workers, each alternating between the sides
-    request by request (worker w's j-th request to side ``(w + j) % len(sides)``), so at any moment
-    half the streams go each way and both sides' requests meet the same engine steps. ``sides``:
-    name → (base URL, bodies). Each side's result carries the round's wall time."""
+    """A round over every side at once: ``concurrency`` workers, each alternating between the sides
+    request by request (worker w's j-th request to side ``(w + j) % len(sides)``, body
+    ``(w * per_worker + j) % len(bodies)``), so with two sides half the streams go each way at any
+    moment and both sides' requests meet the same engine steps. ``sides``: name → (base URL, bodies).
+    Each side's result carries the round's wall time and an equal share of the client's CPU time."""
     names = list(sides)
     conns = {name: [Connection(sides[name][0]) for _ in range(concurrency)] for name in names}
     results: dict[str, list[RequestResult]] = {name: [] for name in names}
 
     async def worker(w: int) -> None:
+        if stagger_s > 0:
+            await asyncio.sleep(stagger_s * w / concurrency)
         for j in range(per_worker):
             name = names[(w + j) % len(names)]
             bodies = sides[name][1]
