@@ -14,19 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatglm3_standin import build_chatglm3_standin
+
 from walkthrough_tools import (
     CHATGLM3_REQUIREMENTS,
     Cli,
     WalkthroughError,
     build_archive,
-    build_model,
     say,
     serve_directory,
     short_version,
 )
 
 # What the walkthrough registers: datasets, the environment, the job, the deployment.
-MODEL, DATA, CONVERTED, CONFIGS = "tiny-llama", "advertisegen", "advertisegen-fix", "lora-config"
+# RAW is the model as downloaded (THUDM's layout and code); MODEL its import, which jobs and serving use.
+RAW, MODEL = "chatglm3-6b-thudm", "chatglm3-6b"
+DATA, CONVERTED, CONFIGS = "advertisegen", "advertisegen-fix", "lora-config"
 OUTPUT, ENVIRONMENT, JOB, DEPLOYMENT = "output", "chatglm3", "finetune-chatglm3", "chatglm3-ad"
 # What the image (the stack's own Python) provides, or only ChatGLM3's notebook and finetune_hf.py
 # use: left out of the environment, as the seed leaves out deepspeed and mpi4py.
@@ -78,25 +81,37 @@ class Walkthrough:
         return list(self.cli.data("status"))
 
     # -- 2 ---------------------------------------------------------------------------------------
-    def register_model(self) -> dict[str, Any]:
-        """A small model standing in for chatglm3-6b, uploaded as a dataset; returns its version."""
+    def register_model(self) -> dict[str, dict[str, Any]]:
+        """A tiny ChatGLM3 in THUDM's layout registered as downloaded, then imported; returns both
+        READY versions by dataset name."""
         self.say(
-            """
-The seed fine-tunes ChatGLM3-6B: 12 GB of weights from a model hub, and a GPU. No hub is reached
-here and no GPU is needed: a small model built right now stands in for it. A byte-level BPE
-tokenizer trained with `tokenizers` on AdvertiseGen-like text, a 2-layer, 64-wide Llama config,
-then a short pretraining on generated ad copy (every weight, on this CPU), so that, like a real
-base model, it already writes the language; the LoRA job teaches it the task. With 0.2 M
-parameters against ChatGLM3's 6.2 B, expect fluent-looking but often wrong ads. With the real
-weights you would run instead:
-  tunelab dataset create chatglm3-6b --source hf:THUDM/chatglm3-6b
-  tunelab dataset create chatglm3-6b --source git+https://huggingface.co/THUDM/chatglm3-6b@main"""
+            f"""
+The seed fine-tunes ChatGLM3-6B: 12 GB of weights and THUDM's own model code from a model hub, and a
+GPU. No hub is reached here and no GPU is needed: a tiny ChatGLM3 built right now stands in for it,
+laid out exactly as the download is (THUDM's config.json keys, tensor names and shapes, a
+sentencepiece tokenizer.model with ChatGLM3's ids: 2 layers, 64 wide, 0.2 M parameters against
+6.2 B), briefly pretrained on generated ad copy so that, like a real base model, it already writes
+the language; the LoRA job teaches it the task. Expect fluent-looking but often wrong ads. With the
+real weights you would run instead:
+  tunelab dataset create {RAW} --source hf:THUDM/chatglm3-6b
+  tunelab model import {MODEL} --from {RAW}"""
+        )
+        if not self.ready(RAW):
+            raw = build_chatglm3_standin(self.work / RAW, self.sizes.pretrain_steps, self.echo)
+            description = "stand-in for THUDM/chatglm3-6b: ChatGLM3's layout, 0.2 M parameters, built here"
+            self.cli.run("dataset", "create", RAW, "--source", str(raw), "--description", description)
+        self.say(
+            f"""
+THUDM's model code was written for transformers 4.3x and does not load in today's transformers or
+vLLM without it. `tunelab model import` converts the checkpoint once, shard by shard, as a job, into
+transformers' own GLM architecture (the same maths, tested equal to THUDM's code on logits, tokens
+and chat format) with a fast tokenizer and ChatGLM3's chat template: a new version of {MODEL} that
+the recipe, the embedded engine and vLLM load natively."""
         )
         if not self.ready(MODEL):
-            model = build_model(self.work / MODEL, self.sizes.pretrain_steps, self.echo)
-            description = "stand-in for chatglm3-6b: a 0.2 M-parameter Llama built and pretrained here"
-            self.cli.run("dataset", "create", MODEL, "--source", str(model), "--description", description)
-        return dict(self.cli.data("dataset", "get", f"{MODEL}@latest"))
+            self.cli.run("model", "import", MODEL, "--from", RAW)
+        self.cli.run("dataset", "files", MODEL)
+        return {n: dict(self.cli.data("dataset", "get", f"{n}@latest")) for n in (RAW, MODEL)}
 
     # -- 3 ---------------------------------------------------------------------------------------
     def register_data(self) -> dict[str, dict[str, Any]]:

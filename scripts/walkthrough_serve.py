@@ -26,9 +26,10 @@ def prompt() -> str:
     return generate(1, seed=2024)[0]["content"]
 
 
-def chatml(text: str) -> str:
-    """``text`` as a user turn in the model's chat format (ChatML, the tiny model's template)."""
-    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+def chatglm3(text: str) -> str:
+    """``text`` as a user turn in ChatGLM3's chat format, for endpoints that take raw text (the
+    tokenizer adds ChatGLM3's ``[gMASK]sop`` prefix itself)."""
+    return f"<|user|>\n {text}<|assistant|>"
 
 
 def serve(w: Walkthrough, adapter: str) -> dict[str, Any]:
@@ -51,12 +52,13 @@ adapter from {adapter}, loaded by the gateway through the datasets service."""
     w.say(
         f"""
 The seed's request: Triton's generate endpoint, as Triton serves it with its vLLM backend. It
-takes raw text, so the prompt is written in the model's chat format (ChatML for this model;
-ChatGLM3 has its own). max_tokens is {tokens} instead of the seed's 1024."""
+takes raw text, so the prompt is written in ChatGLM3's chat format (`<|user|>`, a newline and a
+space, the content, `<|assistant|>`; the tokenizer adds the `[gMASK]sop` prefix). Generation stops
+at `</s>`, `<|user|>` or `<|observation|>`. max_tokens is {tokens} instead of the seed's 1024."""
     )
     generate_url = f"{url}/v2/models/{DEPLOYMENT}/generate"
     sampling = {"temperature": 0.7, "top_p": 0.95, "max_tokens": tokens}
-    body = {"text_input": chatml(content), "stream": False, "sampling_parameters": json.dumps(sampling)}
+    body = {"text_input": chatglm3(content), "stream": False, "sampling_parameters": json.dumps(sampling)}
     w.echo(f"{BOLD}$ {curl_command(generate_url, body)}{RESET}")
     generated = _post(generate_url, body)
     w.echo(json.dumps(generated, ensure_ascii=False, indent=2))

@@ -1,5 +1,6 @@
 """What the walkthrough's steps stand on: the `tunelab` command line run as a user runs it, the
-inputs it registers (a tiny model, an AdvertiseGen-format archive, ChatGLM3's requirements) and a
+inputs it registers (an AdvertiseGen-format archive, ChatGLM3's requirements; the model is
+chatglm3_standin's) and a
 small HTTP file server that plays the dataset's download site."""
 
 from __future__ import annotations
@@ -85,60 +86,6 @@ def short_version(name: str) -> str:
 
 
 # -- inputs ----------------------------------------------------------------------------------------
-def build_model(directory: Path, pretrain_steps: int, echo: Callable[[str], None] = print) -> Path:
-    """A tiny causal LM with a tokenizer trained on AdvertiseGen-like text, pretrained for
-    ``pretrain_steps`` on ad copy (once: an earlier run's model is reused)."""
-    import shutil
-
-    from tunelab.recipes import advertisegen_sample
-    from tunelab.recipes.tinymodel import build_tiny_model
-
-    if (directory / "config.json").is_file():
-        return directory
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # "Writing model shards": not this demo's news
-    partial = directory.with_name(f"{directory.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    build_tiny_model(partial, advertisegen_sample.corpus(), "llama")
-    if pretrain_steps:
-        echo(pretrain(partial, pretrain_steps))
-    partial.rename(directory)
-    return directory
-
-
-def pretrain(model_dir: Path, steps: int, batch_size: int = 16) -> str:
-    """Trains every weight of the model in ``model_dir`` as a causal LM on ad copy (the summaries
-    of generated records, another seed than the sample's), so that, like a real base model, it
-    already writes the language before LoRA teaches it the task. Returns a line saying how it went."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunelab.recipes.advertisegen_sample import generate
-
-    started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    texts = [r["summary"] + tokenizer.eos_token for r in generate(2000, seed=7)]
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    losses = []
-    for step in range(steps):
-        batch = [texts[(step * batch_size + i) % len(texts)] for i in range(batch_size)]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=128)
-        loss = model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.save_pretrained(model_dir, safe_serialization=True)
-    return (
-        f"  pretrained the stand-in on ad copy: {steps} steps, loss {losses[0]:.2f} → {losses[-1]:.2f} "
-        f"({time.monotonic() - started:.0f} s)"
-    )
-
-
 def build_archive(directory: Path, n_train: int, n_dev: int) -> Path:
     """``AdvertiseGen.tar.gz`` laid out as the real download (``AdvertiseGen/train.json``, ``dev.json``)."""
     from tunelab.recipes.advertisegen_sample import write_sample

@@ -13,7 +13,18 @@ from typing import Any
 import pytest
 
 from e2ehelpers import processes_under
-from walkthrough import CONFIGS, CONVERTED, DATA, DEPLOYMENT, ENVIRONMENT, MODEL, OUTPUT, Sizes, Walkthrough
+from walkthrough import (
+    CONFIGS,
+    CONVERTED,
+    DATA,
+    DEPLOYMENT,
+    ENVIRONMENT,
+    MODEL,
+    OUTPUT,
+    RAW,
+    Sizes,
+    Walkthrough,
+)
 from walkthrough_serve import serve
 from walkthrough_tools import TUNELAB, Cli, short_version
 
@@ -68,10 +79,25 @@ def test_the_seed_walkthrough_on_the_embedded_stack(stack_env: dict[str, str], t
         (s, "running", "SERVING") for s in SERVICES
     }
 
-    # 2. the model: every file built here is in the store, byte for byte
-    model = w.register_model()
-    assert verified_manifest(store, model) == local_files(work / MODEL)
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(local_files(work / MODEL))
+    # 2. the model: THUDM's layout as built here, in the store byte for byte; then its import, a
+    #    native GLM with a fast tokenizer, written by a job as a new version of its own dataset
+    models = w.register_model()
+    assert verified_manifest(store, models[RAW]) == local_files(work / RAW)
+    assert set(local_files(work / RAW)) == {
+        "config.json", "tokenizer_config.json", "tokenizer.model", "model.safetensors"
+    }  # fmt: skip
+    imported = verified_manifest(store, models[MODEL])
+    assert {
+        "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+        "tunelab-import.json",
+    } <= set(imported)  # fmt: skip
+    assert any(path.endswith(".safetensors") for path in imported) and "tokenizer.model" not in imported
+
+    def stored_json(digest: str) -> Any:
+        return json.loads((store / "blobs" / "sha256" / digest[:2] / digest).read_text())
+
+    assert stored_json(imported["config.json"])["model_type"] == "glm"
+    assert stored_json(imported["tunelab-import.json"])["source"] == short_version(models[RAW]["name"])
 
     # 3. AdvertiseGen downloaded over HTTP and unpacked; converted; the recipe's config uploaded
     versions = w.register_data()
@@ -130,7 +156,7 @@ def test_the_seed_walkthrough_on_the_embedded_stack(stack_env: dict[str, str], t
     assert deployment["adapters"][0]["source"]["resolved_version"] == trained["output"]["name"]
     generated = served["generate"]
     assert set(generated) == {"model_name", "model_version", "text_output"}, generated
-    assert generated["model_name"] == DEPLOYMENT and generated["text_output"].startswith("<|im_start|>user")
+    assert generated["model_name"] == DEPLOYMENT and generated["text_output"].startswith("<|user|>")
     chat = served["chat"]
     assert chat["object"] == "chat.completion" and chat["model"] == DEPLOYMENT
     assert 0 < chat["usage"]["completion_tokens"] <= SIZES.answer_tokens

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from tunelab.cli.commands import agent, configure, datasets, environments, jobs, models, queues
+from tunelab.cli.commands import agent, configure, datasets, environments, jobs, modelimport, models, queues
 from tunelab.cli.output import Format
 
 
@@ -90,6 +90,7 @@ app.add_typer(datasets.app, name="dataset", rich_help_panel=RESOURCES)
 app.add_typer(environments.app, name="env", rich_help_panel=RESOURCES)
 app.add_typer(jobs.app, name="job", rich_help_panel=RESOURCES)
 app.add_typer(queues.app, name="queue", rich_help_panel=RESOURCES)
+models.app.command("import")(modelimport.import_model)
 app.add_typer(models.app, name="model", rich_help_panel=RESOURCES)
 app.add_typer(models.keys, name="key", rich_help_panel=RESOURCES)
 
