@@ -117,7 +117,7 @@ def build_chatglm3_standin(directory: Path, pretrain_steps: int, echo: Callable[
 
     from tunelab.recipes import advertisegen_sample
     from tunelab.recipes.glm.layout import write_chatglm3_layout
-    from tunelab.recipes.glm.weights import glm_config
+    from tunelab.recipes.glm.config import glm_config
 
     partial = directory.with_name(f"{directory.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -133,7 +133,7 @@ def build_chatglm3_standin(directory: Path, pretrain_steps: int, echo: Callable[
     model = GlmForCausalLM(config)
     if pretrain_steps:
         echo(_pretrain(model, sp, pretrain_steps))
-    write_chatglm3_layout(model, THUDM_CONFIG, partial)
+    write_chatglm3_layout(model, model.config.to_dict(), partial)
     (partial / "tokenizer_config.json").write_text(json.dumps(THUDM_TOKENIZER_CONFIG, indent=2) + "\n")
     partial.rename(directory)
     return directory
@@ -146,7 +146,8 @@ def _pretrain(model: Any, sp: Any, steps: int, batch_size: int = 16) -> str:
     from tunelab.recipes.advertisegen_sample import generate
 
     started = time.monotonic()
-    texts = [[*sp.encode(r["summary"])[:126], 2] for r in generate(2000, seed=7)]
+    prefix = [PIECES + SPECIALS.index("[gMASK]"), PIECES + SPECIALS.index("sop")]  # as ChatGLM3 sees text
+    texts = [[*prefix, *sp.encode(r["summary"])[:124], 2] for r in generate(2000, seed=7)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     losses = []

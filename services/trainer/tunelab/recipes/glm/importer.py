@@ -61,7 +61,7 @@ def import_checkpoint(
     chatglm = read_chatglm_config(src)
     # A job's output mount starts from the dataset's last version: an earlier import is replaced
     # (the new version holds only this one), anything else is refused rather than overwritten.
-    previous = dst.exists() and any(dst.iterdir())
+    previous = dst.exists() and any(not _bookkeeping(p) for p in dst.iterdir())
     if previous and not (dst / PROVENANCE_FILE).is_file():
         raise CheckpointError(f"{dst} is not empty and holds no earlier import: import into an empty folder")
     staging = dst.parent / f".{dst.name}.importing"
@@ -72,7 +72,7 @@ def import_checkpoint(
         weights = convert_weights(src, staging, stop_token_ids=list(tokens.stop_ids), progress=progress)
         for name in CARRIED:
             if (src / name).is_file():
-                shutil.copy2(src / name, staging / name)
+                shutil.copyfile(src / name, staging / name)
         provenance = {
             "source": source_ref or str(src.name),
             "source_model_type": "chatglm",
@@ -82,12 +82,12 @@ def import_checkpoint(
             "converter_version": CONVERTER_VERSION,
             "transformers_version": _version("transformers"),
             "tokenizer": tokens.as_dict(),
-            "weights": weights,
+            "weights": weights.as_dict(),
             "seconds": round(time.time() - started, 1),
         }
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n")
         dst.mkdir(parents=True, exist_ok=True)
-        for item in list(dst.iterdir()) if previous else []:
+        for item in [p for p in dst.iterdir() if not _bookkeeping(p)] if previous else []:
             shutil.rmtree(item) if item.is_dir() else item.unlink()
         for item in staging.iterdir():
             item.rename(dst / item.name)
@@ -96,8 +96,17 @@ def import_checkpoint(
     return provenance
 
 
+def _bookkeeping(path: Path) -> bool:
+    """The job agent's own files in a mounted folder (`.tunelab-manifest.json`): not content."""
+    return path.name.startswith(".tunelab-")
+
+
 def _files(src: Path) -> list[dict[str, Any]]:
-    return [{"name": p.name, "bytes": p.stat().st_size} for p in sorted(src.iterdir()) if p.is_file()]
+    return [
+        {"name": p.name, "bytes": p.stat().st_size}
+        for p in sorted(src.iterdir())
+        if p.is_file() and not _bookkeeping(p)
+    ]
 
 
 def _version(package: str) -> str:
