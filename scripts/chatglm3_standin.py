@@ -116,8 +116,8 @@ def build_chatglm3_standin(directory: Path, pretrain_steps: int, echo: Callable[
     from transformers import GlmConfig, GlmForCausalLM
 
     from tunelab.recipes import advertisegen_sample
-    from tunelab.recipes.glm.layout import write_chatglm3_layout
     from tunelab.recipes.glm.config import glm_config
+    from tunelab.recipes.glm.layout import write_chatglm3_layout
 
     partial = directory.with_name(f"{directory.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
