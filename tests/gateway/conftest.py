@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))  # glmtiny: models like the imported ChatGLM3
 
 from fake_openai import Behaviour, FakeServer
 from gatewayhelpers import vllm_deployment
@@ -126,3 +127,28 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     )
     lora.save_pretrained(root / "lora")
     return base, root / "lora"
+
+
+@dataclass(frozen=True)
+class Chatglm3Like:
+    """A tiny GLM shaped like the imported ChatGLM3 (fast tokenizer, chat template, stop tokens) with
+    a LoRA adapter, and a sequence-first model that ships its code (auto_map) with one."""
+
+    glm: Path
+    glm_lora: Path
+    seqfirst: Path
+    seqfirst_lora: Path
+
+
+@pytest.fixture(scope="session")
+def chatglm3_like(tmp_path_factory: pytest.TempPathFactory) -> Chatglm3Like:
+    from glmtiny import build_glm, build_lora, build_seqfirst
+
+    root = tmp_path_factory.mktemp("chatglm3-like")
+    glm, seqfirst = build_glm(root / "glm"), build_seqfirst(root / "seqfirst")
+    return Chatglm3Like(
+        glm,
+        build_lora(glm, root / "glm-lora", ["q_proj", "v_proj"]),
+        seqfirst,
+        build_lora(seqfirst, root / "seqfirst-lora", ["query_key_value"], trust_remote_code=True),
+    )

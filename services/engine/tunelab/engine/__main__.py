@@ -28,7 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests"
     )
     p.add_argument("--default-max-tokens", type=int, default=16)
-    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped in the model directory (auto_map in config.json); off by default, "
+        "only for model repositories you trust",
+    )
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -46,6 +51,12 @@ class _Json(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def one_line(exc: BaseException, written_for_users: bool = False, limit: int = 400) -> str:
+    """``exc`` as one line: its message alone where it was written for users, else type and message."""
+    text = " ".join((str(exc) if written_for_users else f"{type(exc).__name__}: {exc}").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     handler = logging.StreamHandler(sys.stdout)
@@ -56,22 +67,31 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunelab.engine.app import build_app
     from tunelab.engine.batcher import Batcher
-    from tunelab.engine.model import ServedModel
+    from tunelab.engine.model import LoadError, ServedModel
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = ServedModel(args.model, args.served_model_name, device, args.dtype, args.trust_remote_code)
-    model.created = int(time.time())
-    for spec in args.lora_modules:
-        name, sep, path = spec.partition("=")
+    modules = [spec.partition("=") for spec in args.lora_modules]
+    for name, sep, _ in modules:
         if not sep:
-            print(f"--lora-modules {spec!r}: use NAME=DIR", file=sys.stderr)
+            print(f"--lora-modules {name!r}: use NAME=DIR", file=sys.stderr)
             return 2
-        model.load_adapter(name, path)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    log = logging.getLogger("tunelab.engine")
+    what = args.model
+    try:
+        model = ServedModel(args.model, args.served_model_name, device, args.dtype, args.trust_remote_code)
+        for name, _, path in modules:
+            what = f"adapter {name} ({path})"
+            model.load_adapter(name, path)
+    except Exception as exc:
+        # One line that says why (the gateway shows it as the deployment's error); the traceback
+        # goes to the log record's own field.
+        ours = isinstance(exc, LoadError)
+        log.error("cannot load %s: %s", what, one_line(exc, ours), exc_info=not ours)
+        return 3
+    model.created = int(time.time())
     batcher = Batcher(model, args.max_batch_size, args.batch_wait_ms / 1000)
     batcher.start()
-    logging.getLogger("tunelab.engine").info(
-        "serving %s on %s:%d", ", ".join(model.names()), args.host, args.port
-    )
+    log.info("serving %s on %s:%d", ", ".join(model.names()), args.host, args.port)
     app = build_app(model, batcher, args.default_max_tokens)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     batcher.stop()

@@ -62,7 +62,7 @@ def build_app(model: ServedModel, batcher: Batcher, default_max_tokens: int = 16
         req: CompletionRequest | ChatRequest, prompt: str | list[int], max_tokens: int | None
     ) -> GenRequest:
         gen = GenRequest(
-            ids=model.encode(prompt),
+            ids=model.encode(prompt, req.add_special_tokens),  # a chat's prompt: ids already
             adapter=model.adapter_of(req.model),
             max_tokens=max_tokens or default_max_tokens,
             sampling=req.sampling(),
@@ -161,7 +161,8 @@ def build_app(model: ServedModel, batcher: Batcher, default_max_tokens: int = 16
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request) -> Response:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        gen = submit(req, model.chat_prompt(messages), req.max_tokens or req.max_completion_tokens)
+        prompt = model.encode_chat(messages, req.add_special_tokens)
+        gen = submit(req, prompt, req.max_tokens or req.max_completion_tokens)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             first = [True]

@@ -2,7 +2,9 @@
 
 A worker thread takes the first waiting request, waits ``batch_wait_s`` for others (up to
 ``max_batch_size``), left-pads them into one batch and runs one ``generate``. Each row keeps its
-own adapter (peft ``adapter_names``), sampling, stop strings and max_tokens: a stopping criterion
+own adapter, sampling, stop strings and max_tokens. Rows of different adapters share the batch
+through peft's ``adapter_names`` where the model allows it (``ServedModel.can_mix``); otherwise
+each adapter's rows run as a batch of their own, one after the other. A stopping criterion
 called after every step hands each row's new token to its request (as text deltas, on the
 request's asyncio queue) and ends rows that are finished, cancelled or at their limit. This is
 static batching: a request that arrives mid-batch waits for the next one (vLLM's continuous
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from tunelab.engine.model import BASE, ServedModel
+from tunelab.engine.model import ServedModel
 from tunelab.engine.sampling import RowSampler, Sampling
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,14 @@ class GenRequest:
     text: str = ""
     finish: str | None = None
     logprob: float | None = None
+    closed: bool = False  # its Finish is sent
 
     def emit(self, item: Delta | Finish | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+    def close(self) -> None:
+        self.closed = True
+        self.emit(Finish(self.finish or "length", len(self.ids), len(self.generated)))
 
 
 class _Sampler(LogitsProcessor):
@@ -81,7 +88,7 @@ class _Rows(StoppingCriteria):
     """Hands every row its new token and says which rows are done."""
 
     def __init__(self, rows: list[GenRequest], model: ServedModel) -> None:
-        self.rows, self.model, self.eos = rows, model, model.eos_ids
+        self.rows, self.model, self.stop_ids = rows, model, model.stop_ids
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
@@ -96,7 +103,7 @@ class _Rows(StoppingCriteria):
         if r.cancelled:
             r.finish = "abort"
             return
-        if token in self.eos:
+        if token in self.stop_ids:  # never shown: it ends the text
             r.finish = "stop"
             return
         r.generated.append(token)
@@ -161,14 +168,34 @@ class Batcher:
         except Exception as exc:
             log.exception("generation failed")
             for r in rows:
-                r.emit(exc)
-            return
+                if not r.closed:
+                    r.emit(exc)
         finally:
             self.running = 0
-        for r in rows:
-            r.emit(Finish(r.finish or "length", len(r.ids), len(r.generated)))
 
     def _forward(self, rows: list[GenRequest]) -> None:
+        adapters = list(dict.fromkeys(r.adapter for r in rows))  # in order of arrival
+        with self.model.lock, torch.inference_mode():
+            if len(adapters) == 1:
+                with self.model.using(adapters[0]):
+                    self._batch(rows)
+                return
+            if self.model.can_mix(set(adapters)):
+                try:
+                    with self.model.mixing():
+                        self._batch(rows, adapter_names=[r.adapter for r in rows])
+                    return
+                except Exception:
+                    if any(r.generated or r.finish for r in rows):
+                        raise  # rows have answered already: a retry would repeat them
+                    log.warning("a mixed-adapter batch failed; these adapters now run apart", exc_info=True)
+                    self.model.mixable -= set(adapters)
+            for adapter in adapters:
+                with self.model.using(adapter):
+                    self._batch([r for r in rows if r.adapter == adapter])
+
+    def _batch(self, rows: list[GenRequest], **extra: Any) -> None:
+        """One ``generate`` over ``rows``, left-padded. Caller holds the lock in inference mode."""
         tok = self.model.tokenizer
         width = max(len(r.ids) for r in rows)
         pad = tok.pad_token_id
@@ -176,7 +203,7 @@ class Batcher:
         mask = torch.tensor(
             [[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows], device=self.model.device
         )
-        kwargs: dict[str, Any] = dict(
+        self.model.model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max(r.max_tokens for r in rows),
@@ -184,10 +211,7 @@ class Batcher:
             logits_processor=LogitsProcessorList([_Sampler(rows)]),
             stopping_criteria=StoppingCriteriaList([_Rows(rows, self.model)]),
             pad_token_id=pad,
+            **extra,
         )
-        with self.model.lock, torch.inference_mode():
-            if self.model.adapters:
-                kwargs["adapter_names"] = [r.adapter for r in rows]
-            elif any(r.adapter != BASE for r in rows):
-                raise KeyError("adapter not loaded")
-            self.model.model.generate(**kwargs)
+        for r in rows:
+            r.close()

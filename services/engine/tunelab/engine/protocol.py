@@ -38,6 +38,8 @@ class _Request(BaseModel):
 
 class CompletionRequest(_Request):
     prompt: str | list[int]
+    # vLLM's extension: the tokenizer's special tokens (BOS, ChatGLM3's [gMASK] sop) before the prompt.
+    add_special_tokens: bool = True
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0)
 
@@ -56,6 +58,8 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # vLLM's extension; off by default: the chat template writes whatever prefix the model wants.
+    add_special_tokens: bool = False
 
 
 class LoadLoraRequest(BaseModel):

@@ -67,7 +67,13 @@ def upstream_from_pb(msg: pb.Upstream) -> UpstreamSpec:
         return UpstreamSpec("vllm", tuple(v.base_urls), v.api_key, v.model_dir)
     if kind == "embedded":
         e = msg.embedded
-        return UpstreamSpec("embedded", device=e.device, dtype=e.dtype, max_batch_size=e.max_batch_size)
+        return UpstreamSpec(
+            "embedded",
+            device=e.device,
+            dtype=e.dtype,
+            max_batch_size=e.max_batch_size,
+            trust_remote_code=e.trust_remote_code,
+        )
     raise InvalidArgument("deployment.upstream: set vllm (with base_urls) or embedded")
 
 
@@ -76,7 +82,12 @@ def upstream_to_pb(up: UpstreamSpec) -> pb.Upstream:
     if up.kind == "vllm":
         return pb.Upstream(vllm=pb.VllmUpstream(base_urls=up.base_urls, model_dir=up.model_dir))
     return pb.Upstream(
-        embedded=pb.EmbeddedUpstream(device=up.device, dtype=up.dtype, max_batch_size=up.max_batch_size)
+        embedded=pb.EmbeddedUpstream(
+            device=up.device,
+            dtype=up.dtype,
+            max_batch_size=up.max_batch_size,
+            trust_remote_code=up.trust_remote_code,
+        )
     )
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tunelab.common.errors import NotFound
+from tunelab.common.errors import NotFound, TunelabError
 from tunelab.gateway.loading import Loader, Replicas, load_error
 from tunelab.gateway.metrics import GatewayMetrics
 from tunelab.gateway.registry import Registry
@@ -187,7 +187,10 @@ class DeploymentManager:
             statuses = self.loader.wait_ready(spec, replicas)
         except Exception as exc:
             log.warning(
-                "deployment %s failed to load: %s", rt.spec.id, exc, exc_info=not isinstance(exc, OSError)
+                "deployment %s failed to load: %s",
+                rt.spec.id,
+                exc,
+                exc_info=not isinstance(exc, OSError | TunelabError),  # those say all there is
             )
             with self._changed:
                 if rt.generation == generation:

@@ -3,6 +3,7 @@ each on a free local port, logging to ``<data_dir>/gateway/logs/<deployment>-<n>
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import subprocess
@@ -38,11 +39,27 @@ class EngineProcess:
                 self.proc.kill()
                 self.proc.wait()
 
-    def log_tail(self, lines: int = 8) -> str:
+    def failure(self, lines: int = 40) -> str:
+        """Why the engine exited, as one line: the message of its last error record (the engine
+        logs a load failure as one JSON line, its traceback in a field of its own), else the last
+        line it wrote (a Python traceback's last line names the exception)."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            tail = self.log.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
             return ""
+        for line in reversed(tail):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("level") in ("error", "critical"):
+                return _one_line(str(record.get("message", "")))
+        return _one_line(next((line for line in reversed(tail) if line.strip()), ""))
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class EngineLauncher:
@@ -64,6 +81,8 @@ class EngineLauncher:
             cmd += ["--dtype", upstream.dtype]
         if upstream.max_batch_size:
             cmd += ["--max-batch-size", str(upstream.max_batch_size)]
+        if upstream.trust_remote_code:
+            cmd.append("--trust-remote-code")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as out:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tunelab.common.errors import FailedPrecondition, TunelabError
 from tunelab.gateway.engines import EngineLauncher, EngineProcess
+from tunelab.gateway.modelcheck import check_remote_code
 from tunelab.gateway.models import ModelFetcher
 from tunelab.gateway.specs import Adapter, DeploymentSpec, ReplicaStatus
 from tunelab.gateway.upstream.control import ReplicaClient, ServedModel
@@ -75,6 +76,7 @@ class Loader:
         )
         up = spec.upstream
         if up.kind == "embedded":
+            check_remote_code(base_path, spec.base.dataset_version or spec.base.path, up.trust_remote_code)
             engines = [
                 self.launcher.start(f"{spec.id}-{i}", base_path, spec.model_name, paths, up)
                 for i in range(max(1, spec.replicas))
@@ -118,7 +120,7 @@ class Loader:
             return ReplicaStatus(
                 url,
                 False,
-                error=f"engine exited with {code}: {engine.log_tail()}",
+                error=f"engine exited with {code}: {engine.failure()} (log: {engine.log})",
                 last_check_time=time.time(),
             )
         client = replicas.client(url, spec.upstream.api_key, self.health_timeout_s)

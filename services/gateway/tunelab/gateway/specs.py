@@ -41,6 +41,7 @@ class UpstreamSpec:
     device: str = ""
     dtype: str = ""
     max_batch_size: int = 0
+    trust_remote_code: bool = False  # embedded: run code shipped in the model directory
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,17 @@ def deploy(
     ] = "",
     replicas: Annotated[int, typer.Option(help="Embedded engine processes (without --vllm).")] = 1,
     device: Annotated[str, typer.Option(help="Embedded engine device: cpu, cuda, cuda:1.")] = "",
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code",
+            help="Let the embedded engine run the Python code shipped inside the base model's directory "
+            "(auto_map in its config.json). That code runs with the engine's permissions on the gateway's "
+            "host: use it only for a model repository you trust. Off by default: a base that ships code is "
+            "refused without it. With --vllm it does not apply: start vLLM with its own --trust-remote-code. "
+            "ChatGLM3 as THUDM ships it: import it with `tunelab model import` instead.",
+        ),
+    ] = False,
     max_in_flight: Annotated[
         int, typer.Option(help="Requests in flight before 429 (0: the gateway's default).")
     ] = 0,
@@ -118,6 +129,7 @@ def deploy(
 
         tunelab model deploy chatglm3-ad --base chatglm3-6b --adapter output@3:checkpoint-3000
         tunelab model deploy chatglm3-ad --base path:THUDM/chatglm3-6b --adapter ad=output@3 --vllm http://vllm:8000
+        tunelab model deploy my-model --base ./my-model --trust-remote-code   # runs ./my-model's own code
     """
     from tunelab.cli.clients.gateway import model_source
     from tunelab.gateway.v1 import gateway_pb2 as pb
@@ -130,10 +142,18 @@ def deploy(
         ref, _, subdir = ref.partition(":") if not ref.startswith("path:") else (ref, "", "")
         alias = alias or ref.split("@")[0].split("/")[-1]
         adapters.append(pb.LoraAdapter(name=alias, source=model_source(ref, subdir)))
+    if vllm and trust_remote_code:
+        raise typer.BadParameter(
+            "it is for the embedded engine; a vLLM server runs remote code only when it was started with "
+            "vLLM's own --trust-remote-code",
+            param_hint="--trust-remote-code",
+        )
     if vllm:
         upstream = pb.Upstream(vllm=pb.VllmUpstream(base_urls=vllm, api_key=vllm_api_key))
     else:
-        upstream = pb.Upstream(embedded=pb.EmbeddedUpstream(device=device))
+        upstream = pb.Upstream(
+            embedded=pb.EmbeddedUpstream(device=device, trust_remote_code=trust_remote_code)
+        )
     dep = pb.Deployment(
         model_name=name,
         base_model=model_source(base),

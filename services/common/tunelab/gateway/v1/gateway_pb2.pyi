@@ -43,14 +43,16 @@ class VllmUpstream(_message.Message):
     def __init__(self, base_urls: _Optional[_Iterable[str]] = ..., api_key: _Optional[str] = ..., model_dir: _Optional[str] = ...) -> None: ...
 
 class EmbeddedUpstream(_message.Message):
-    __slots__ = ("device", "dtype", "max_batch_size")
+    __slots__ = ("device", "dtype", "max_batch_size", "trust_remote_code")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TRUST_REMOTE_CODE_FIELD_NUMBER: _ClassVar[int]
     device: str
     dtype: str
     max_batch_size: int
-    def __init__(self, device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    trust_remote_code: bool
+    def __init__(self, device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., trust_remote_code: _Optional[bool] = ...) -> None: ...
 
 class Upstream(_message.Message):
     __slots__ = ("vllm", "embedded")
