@@ -17,8 +17,8 @@ import httpx
 import pytest
 import torch
 import uvicorn
-from glmtiny import CHAT_TEMPLATE, build_glm, build_lora, build_seqfirst
 
+from glmtiny import CHAT_TEMPLATE, build_glm, build_lora, build_seqfirst
 from tunelab.engine.app import build_app
 from tunelab.engine.batcher import Batcher, GenRequest
 from tunelab.engine.model import LoadError, ServedModel

@@ -197,3 +197,32 @@ def test_sigterm_stops_every_rank_after_the_same_step_and_the_run_resumes(
     assert steps == list(range(1, k + 3))
     _, reference = one_process
     assert losses == pytest.approx([r["loss"] for r in events(reference, "train")][: k + 2], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_train_chatglm3_with_one_shared_lora_A_like_one(
+    data: Path, chatglm3_model: Path, lora_yaml: Path, tmp_path: Path
+) -> None:
+    """ChatGLM3 imported: q/k/v share lora_A; the all-reduce sees it once: both runs take the same steps."""
+    from tunelab.recipes.lora.__main__ import main
+
+    steps = ["training_args.max_steps=4", "training_args.eval_strategy=no"]
+    argv = [str(data), str(chatglm3_model), str(lora_yaml), "no"]
+    argv += ["--metrics-file", str(tmp_path / "one.jsonl")]
+    for item in [*COMMON, *steps, "training_args.gradient_accumulation_steps=2"]:
+        argv += ["--set", item]
+    assert main([*argv, "--set", f"training_args.output_dir={tmp_path / 'one'}"]) == 0
+    proc, metrics = torchrun(data, chatglm3_model, lora_yaml, tmp_path / "two", *steps)
+    code, _, stderr = finish(proc)
+    assert code == 0, stderr[-3000:]
+    one, two = events(read_metrics(tmp_path / "one.jsonl"), "train"), events(read_metrics(metrics), "train")
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
+    assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-4)
+    adapter, reference = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("two", "one"))
+    assert adapter.keys() == reference.keys()
+    for key, value in adapter.items():
+        torch.testing.assert_close(value, reference[key], rtol=1e-4, atol=1e-6)
+    for layer in range(2):
+        prefix = f"base_model.model.model.layers.{layer}.self_attn"
+        q, k, v = (adapter[f"{prefix}.{m}_proj.lora_A.weight"] for m in "qkv")
+        assert torch.equal(q, k) and torch.equal(q, v)

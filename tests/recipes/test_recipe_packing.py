@@ -29,11 +29,14 @@ def samples(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[
     return tokenize_file(path, tokenizer, ChatFormat(tokenizer), 64, 96).samples
 
 
-@pytest.fixture(scope="module", params=["llama-sdpa", "llama-eager", "qwen2-sdpa"])
+@pytest.fixture(scope="module", params=["llama-sdpa", "llama-eager", "qwen2-sdpa", "glm-sdpa", "glm-eager"])
 def model(request: pytest.FixtureRequest, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """glm: ChatGLM3 imported (its vocabulary holds the tiny Llama tokenizer's ids)."""
     kind, attn = request.param.split("-")
     path = tiny_model
-    if kind != "llama":
+    if kind == "glm":
+        path = request.getfixturevalue("chatglm3_model")
+    elif kind != "llama":
         path = build_tiny_model(tmp_path_factory.mktemp(kind) / kind, advertisegen_sample.corpus(100), kind)
     return AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn).eval()
 

@@ -167,11 +167,12 @@ def test_bad_inputs_fail_fast_with_what_to_change(
     (t5 / "config.json").write_text(
         json.dumps({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]})
     )
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    (remote / "config.json").write_text(
-        json.dumps({"model_type": "chatglm", "auto_map": {"AutoModelForCausalLM": "m.M"}})
-    )
+    remote, chatglm = tmp_path / "remote", tmp_path / "chatglm"
+    for path, model_type in ((remote, "baichuan"), (chatglm, "chatglm")):
+        path.mkdir()
+        (path / "config.json").write_text(
+            json.dumps({"model_type": model_type, "auto_map": {"AutoModelForCausalLM": "m.M"}})
+        )
     broken = tmp_path / "broken"
     write_jsonl(
         broken / "train.json",
@@ -184,6 +185,7 @@ def test_bad_inputs_fail_fast_with_what_to_change(
         ({"model": t5}, r"is a 't5' model \(T5ForConditionalGeneration\), not a causal language model"),
         ({"model": tmp_path / "THUDM" / "chatglm3-6b"}, "is not a local directory; tunelab never downloads"),
         ({"model": remote}, "trust_remote_code=true"),
+        ({"model": chatglm}, r"THUDM's original layout.*import it once with `tunelab model import NAME"),
         ({"data": broken}, r"broken/train\.json:2: not valid JSON"),
         ({"data": tmp_path}, r"train\.json not found \(data_config\.train_file"),
         ({"resume": "maybe"}, "must be yes, no or a checkpoint step"),

@@ -68,12 +68,18 @@ def test_varlen_batches_are_one_row_with_sample_offsets(samples: list[Sample]) -
     assert batch.num_label_tokens == int((flat[1:] != IGNORE_INDEX).sum()) == len(batch.loss_targets)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "glm"])
 def test_varlen_attention_keeps_packed_samples_apart(
-    kind: str, tiny_model: Path, samples: list[Sample], tmp_path_factory: pytest.TempPathFactory
+    kind: str,
+    tiny_model: Path,
+    samples: list[Sample],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> None:
     path = tiny_model
-    if kind != "llama":
+    if kind == "glm":  # ChatGLM3 imported: its vocabulary holds the tiny Llama tokenizer's ids
+        path = request.getfixturevalue("chatglm3_model")
+    elif kind != "llama":
         path = build_tiny_model(tmp_path_factory.mktemp(kind) / kind, advertisegen_sample.corpus(100), kind)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     assert choose_packing_mode(model, torch.device("cpu"), contextlib.nullcontext, "varlen") == "varlen"

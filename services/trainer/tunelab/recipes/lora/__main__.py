@@ -1,7 +1,8 @@
 """`python -m tunelab.recipes.lora DATA_DIR MODEL_DIR CONFIG [yes|no|N] [--set KEY.PATH=VALUE ...]`.
 
 Exit codes: 0 done; 2 bad input (config, data, model directory, arguments); 3 training failed (NaN or
-inf loss); 143 stopped by SIGTERM after writing a checkpoint; 1 anything unexpected (with a traceback).
+inf loss); 143 stopped by SIGTERM after writing a checkpoint; 1 anything unexpected (a traceback in the
+log). Every failure ends with a `failed` metrics event that gives the reason.
 Metrics are JSON lines on stdout (and in --metrics-file / $TUNELAB_METRICS_FILE); logs go to stderr.
 Under torchrun (`torchrun --nproc-per-node N -m tunelab.recipes.lora ...`) it trains data-parallel;
 rank 0 alone writes metrics and info logs, the other ranks log warnings and errors only.
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as e:
         log.warning("%s", e)
         return e.exit_code
+    except Exception as e:  # a bug: the traceback goes to the log, the job still gets a reason
+        log.exception("unexpected error")
+        metrics.emit("failed", step=recipe.step if recipe else 0, reason=f"internal error: {e!r}")
+        return 1
     finally:
         if recipe is not None:
             recipe.cleanup()

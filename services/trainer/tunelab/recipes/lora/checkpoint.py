@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from tunelab.recipes.lora.errors import CheckpointError, ModelError
+from tunelab.recipes.lora.targets import retie
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def load_training_state(path: Path, model: Any, optimizer: Any, scheduler: Any) 
     result: Any = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
     if getattr(result, "unexpected_keys", None):
         raise CheckpointError(f"{path} has weights this LoRA model lacks: {result.unexpected_keys[:3]}")
+    retie(model)  # q/k/v sharing one lora_A (ChatGLM3's query_key_value) stay shared
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(path / "rng_state.pth", weights_only=True))

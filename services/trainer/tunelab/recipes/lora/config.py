@@ -27,6 +27,7 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 LOG_LEVELS = ("passive", "debug", "info", "warning", "error", "critical")
 PROFILES = ("auto", "fast", "low_memory", "standard")
 PACKING_MODES = ("auto", "varlen", "position_ids", "mask")
+CHAT_TEMPLATES = ("auto", "fallback", "chatglm3")
 
 
 @dataclass
@@ -98,9 +99,10 @@ class TunelabOptions:
     pack_length: int | None = None  # tokens per packed row; None: the profile's (standard: max_length)
     packing_mode: str = "auto"  # auto | varlen | position_ids | mask: how packed samples are kept apart
     compile: bool | None = None  # torch.compile each decoder layer; None: the profile's (on a GPU: on)
-    trust_remote_code: bool = False  # run Python code shipped in MODEL_DIR (ChatGLM3 needs it)
+    trust_remote_code: bool = False  # run Python code shipped in MODEL_DIR (ChatGLM3: import it instead)
     attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2; None: the model's
-    chat_template: str = "auto"  # auto: the tokenizer's template if it has one; fallback: ours
+    chat_template: str = "auto"  # auto: ChatGLM3's format for its tokenizer, else the tokenizer's template
+    # if it has one, else ours; fallback: ours; chatglm3: ChatGLM3's (see chatglm3.py)
     eval_max_samples: int = 50  # dev rows that get generation-based ROUGE/BLEU
     eval_max_new_tokens: int | None = None  # caps generation_config.max_new_tokens during eval
     merge_adapter: bool = False  # also write OUTPUT/merged: the base model with LoRA folded in
@@ -319,8 +321,8 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
         raise bad("tunelab.profile", f"{o.profile!r}: use one of {', '.join(PROFILES)}")
     if o.packing_mode not in PACKING_MODES:
         raise bad("tunelab.packing_mode", f"{o.packing_mode!r}: use one of {', '.join(PACKING_MODES)}")
-    if o.chat_template not in ("auto", "fallback"):
-        raise bad("tunelab.chat_template", "use auto (the tokenizer's template) or fallback")
+    if o.chat_template not in CHAT_TEMPLATES:
+        raise bad("tunelab.chat_template", "use auto (the tokenizer's format), fallback or chatglm3")
     if o.pack_length is not None and o.pack_length < cfg.max_length:
         raise bad(
             "tunelab.pack_length",

@@ -6,13 +6,18 @@ Input: JSON lines (`.json` or `.jsonl`), one conversation per line, in ChatGLM3'
 A message may carry `"loss": false` to leave an assistant turn untrained (documented by ChatGLM3, not
 implemented there). Tools are refused, as in ChatGLM3's recipe.
 
-The text is rendered with the tokenizer's chat template (or a plain fallback format), so the model is
-trained on exactly what an OpenAI-style server will send it. Each trained span is what the template
-adds after the assistant's generation prompt: the answer and its end-of-turn token.
+Formats (`chat_format`):
+- ChatGLM3's tokenizer (or an imported ChatGLM3's): its own format at token level, exactly as
+  `finetune_hf.py` builds it (chatglm3.py);
+- otherwise the text is rendered with the tokenizer's chat template (or a plain fallback format), so
+  the model is trained on exactly what an OpenAI-style server will send it. Each trained span is what
+  the template adds after the assistant's generation prompt: the answer and its end-of-turn token.
+Messages after the last trained answer are dropped: a sample ends with that answer.
 
 Truncation keeps the answer: the last trained answer keeps up to `max_output_length` tokens and the
-conversation before it is cut from the left (keeping a leading BOS) to fit `max_input_length +
-max_output_length + 1` tokens. ChatGLM3's recipe cut from the right and could drop the answer entirely.
+conversation before it is cut from the left (keeping the format's head: a leading BOS, or ChatGLM3's
+`[gMASK] sop`) to fit `max_input_length + max_output_length + 1` tokens. ChatGLM3's recipe cut from the
+right and could drop the answer entirely.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tunelab.recipes.lora.errors import DataError, ModelError
 
@@ -31,8 +36,10 @@ IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 
 # Used when the tokenizer has no chat template (or tunelab.chat_template: fallback). It is saved with
-# the adapter, so a server that applies the adapter's chat template sends the same format.
+# the adapter, so a server that applies the adapter's chat template sends the same format. Some
+# tokenizers (ChatGLM3's remote code) do not pass eos_token to templates: the EOS text is then built in.
 FALLBACK_TEMPLATE = (
+    "{% if eos_token is not defined or not eos_token %}{% set eos_token = @EOS@ %}{% endif %}"
     "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
@@ -41,6 +48,25 @@ FALLBACK_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One conversation in tokens, up to and including its last trained answer."""
+
+    ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where no loss
+    answer_start: int  # where the last trained answer starts (right after its generation prompt)
+    answer: str  # that answer's text
+
+
+class Format(Protocol):
+    """A chat format: conversations -> tokens and labels."""
+
+    name: str
+    head: list[int]  # ids every sample starts with, kept when the conversation is cut from the left
+
+    def encode(self, rows: list[tuple[str, list[dict[str, Any]]]]) -> list[Encoded]: ...
 
 
 @dataclass(frozen=True)
@@ -130,6 +156,20 @@ def _messages(row: Any, where: str) -> list[dict[str, Any]]:
     return [{"role": m["role"], "content": m["content"], "loss": m.get("loss", True)} for m in messages]
 
 
+def last_trained(messages: list[dict[str, Any]]) -> int:
+    """Index of the last assistant message that is trained."""
+    return max(i for i, m in enumerate(messages) if m["role"] == "assistant" and m["loss"] is not False)
+
+
+def chat_format(tokenizer: Any, mode: str = "auto") -> Format:
+    """The format for `tunelab.chat_template` (auto, fallback, chatglm3) and this tokenizer."""
+    from tunelab.recipes.lora.chatglm3 import ChatGLM3Format, has_chatglm3_tokens
+
+    if mode == "chatglm3" or (mode == "auto" and has_chatglm3_tokens(tokenizer)):
+        return ChatGLM3Format(tokenizer)
+    return ChatFormat(tokenizer, mode)
+
+
 class ChatFormat:
     """Renders conversations to (text, trained) segments with the tokenizer's chat template."""
 
@@ -137,11 +177,13 @@ class ChatFormat:
         if mode == "fallback" or not getattr(tokenizer, "chat_template", None):
             if tokenizer.eos_token is None:
                 raise ModelError("the tokenizer has neither a chat template nor an EOS token to end answers")
-            tokenizer.chat_template = FALLBACK_TEMPLATE
+            tokenizer.chat_template = FALLBACK_TEMPLATE.replace("@EOS@", _jinja_string(tokenizer.eos_token))
             self.name = "fallback"
         else:
             self.name = "tokenizer"
         self.tokenizer = tokenizer
+        bos = tokenizer.bos_token_id
+        self.head: list[int] = [] if bos is None else [int(bos)]
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         plain = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -153,7 +195,7 @@ class ChatFormat:
 
     def segments(self, messages: list[dict[str, Any]], where: str) -> list[tuple[str, bool]]:
         """Split the rendered conversation (up to its last trained answer) into trained/untrained text."""
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant" and m["loss"] is not False)
+        last = last_trained(messages)
         full = self.render(messages[: last + 1], add_generation_prompt=False)
         segments: list[tuple[str, bool]] = []
         cursor = 0
@@ -172,46 +214,59 @@ class ChatFormat:
             cursor = len(upto)
         return [(text, trained) for text, trained in segments if text]
 
+    def encode(self, rows: list[tuple[str, list[dict[str, Any]]]]) -> list[Encoded]:
+        """Render every conversation, tokenize all segments (batched), join each one's segments."""
+        rendered = [self.segments(messages, where) for where, messages in rows]
+        texts = [text for segments in rendered for text, _ in segments]
+        ids: list[list[int]] = []
+        for start in range(0, len(texts), 2048):
+            ids += self.tokenizer(texts[start : start + 2048], add_special_tokens=False)["input_ids"]
+        result, offset = [], 0
+        for segments, (_, messages) in zip(rendered, rows, strict=True):
+            joined: list[int] = []
+            labels: list[int] = []
+            answer_start = 0
+            for j, (_, trained) in enumerate(segments):
+                piece = ids[offset + j]
+                answer_start = len(joined) if trained else answer_start
+                joined += piece
+                labels += piece if trained else [IGNORE_INDEX] * len(piece)
+            offset += len(segments)
+            result.append(Encoded(joined, labels, answer_start, messages[last_trained(messages)]["content"]))
+        return result
+
+
+def _jinja_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
 
 def tokenize_file(
-    path: Path, tokenizer: Any, fmt: ChatFormat, max_input_length: int, max_output_length: int
+    path: Path, tokenizer: Any, fmt: Format, max_input_length: int, max_output_length: int
 ) -> TokenizedSet:
-    """Read, render, tokenize (batched) and truncate every conversation of one file."""
+    """Read, encode (batched) and truncate every conversation of one file."""
     rows = read_conversations(path)
-    rendered = [(fmt.segments(messages, f"{path}:{lineno}"), messages) for lineno, messages in rows]
-    texts = [text for segments, _ in rendered for text, _ in segments]
-    ids: list[list[int]] = []
-    for start in range(0, len(texts), 2048):
-        ids += tokenizer(texts[start : start + 2048], add_special_tokens=False)["input_ids"]
+    encoded = fmt.encode([(f"{path}:{lineno}", messages) for lineno, messages in rows])
     result = TokenizedSet(path=path, samples=[], conversations=len(rows))
     max_length = max_input_length + max_output_length + 1
-    bos = tokenizer.bos_token_id
-    offset = 0
-    for segments, messages in rendered:
-        pieces = [(ids[offset + j], trained) for j, (_, trained) in enumerate(segments)]
-        offset += len(segments)
-        last = max(j for j, (_, trained) in enumerate(pieces) if trained)
-        answer_ids = pieces[last][0][:max_output_length]
-        result.truncated_answers += len(answer_ids) < len(pieces[last][0])
-        prefix_ids: list[int] = []
-        prefix_labels: list[int] = []
-        for piece, trained in pieces[:last]:
-            prefix_ids += piece
-            prefix_labels += piece if trained else [IGNORE_INDEX] * len(piece)
+    head = fmt.head
+    for e in encoded:
+        answer_ids = e.ids[e.answer_start :][:max_output_length]
+        answer_labels = e.labels[e.answer_start :][:max_output_length]
+        result.truncated_answers += len(answer_ids) < len(e.ids) - e.answer_start
+        prefix_ids, prefix_labels = e.ids[: e.answer_start], e.labels[: e.answer_start]
         budget = max_length - len(answer_ids)
         if len(prefix_ids) > budget:
             result.truncated_prompts += 1
-            keep_bos = bos is not None and prefix_ids[:1] == [bos]
-            tail = budget - keep_bos
-            prefix_ids = [bos] * keep_bos + prefix_ids[len(prefix_ids) - tail :]
-            prefix_labels = [IGNORE_INDEX] * keep_bos + prefix_labels[len(prefix_labels) - tail :]
-        answer = [m for m in messages if m["role"] == "assistant" and m["loss"] is not False][-1]["content"]
+            keep = len(head) if head and prefix_ids[: len(head)] == head else 0
+            tail = budget - keep
+            prefix_ids = prefix_ids[:keep] + prefix_ids[len(prefix_ids) - tail :]
+            prefix_labels = [IGNORE_INDEX] * keep + prefix_labels[len(prefix_labels) - tail :]
         result.samples.append(
             Sample(
                 input_ids=prefix_ids + answer_ids,
-                labels=prefix_labels + answer_ids,
+                labels=prefix_labels + answer_labels,
                 prompt_len=len(prefix_ids),
-                answer=answer,
+                answer=e.answer,
             )
         )
     lengths = [len(s.input_ids) for s in result.samples]

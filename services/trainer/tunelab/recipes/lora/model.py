@@ -1,6 +1,9 @@
 """Loading: check MODEL_DIR is a local causal LM, pick device and dtype, load tokenizer and model, add LoRA.
 
 Nothing is downloaded: every load passes `local_files_only=True` and `__main__` sets HF_HUB_OFFLINE.
+Whatever a load raises (remote code can raise anything) becomes a ModelError naming what failed, so a
+job ends with a reason, not a traceback; ChatGLM3 in THUDM's layout is refused with how to import it.
+LoRA targets: targets.py.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from tunelab.recipes.lora.config import PeftSettings, TrainingArgs
 from tunelab.recipes.lora.errors import ConfigError, ModelError
+from tunelab.recipes.lora.targets import resolve_targets, share_qkv_lora_A
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +31,9 @@ def causal_lm_config(model_dir: Path, trust_remote_code: bool) -> Any:
             f"MODEL_DIR {model_dir} is not a local directory; tunelab never downloads models: "
             "mount the model as a dataset and pass its path"
         )
-    if not (model_dir / "config.json").is_file():
-        raise ModelError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
-    raw = json.loads((model_dir / "config.json").read_text())
+    raw = _raw_config(model_dir)
+    if thudm_chatglm(raw) and not trust_remote_code:
+        raise ModelError(import_hint(model_dir))
     remote = "AutoModelForCausalLM" in raw.get("auto_map", {})
     if remote and not trust_remote_code:
         raise ModelError(
@@ -43,8 +47,8 @@ def causal_lm_config(model_dir: Path, trust_remote_code: bool) -> Any:
         config = AutoConfig.from_pretrained(
             model_dir, trust_remote_code=trust_remote_code, local_files_only=True
         )
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"cannot read {model_dir}/config.json: {e}") from None
+    except Exception as e:  # noqa: BLE001 - remote config code can raise anything
+        raise ModelError(cannot("read the config of", model_dir, e)) from None
     model_type = getattr(config, "model_type", "?")
     causal = remote or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if getattr(config, "is_encoder_decoder", False) or not causal:
@@ -54,6 +58,40 @@ def causal_lm_config(model_dir: Path, trust_remote_code: bool) -> Any:
             "AutoModelForCausalLM can't load it. Use a decoder-only model such as Llama, Qwen2 or ChatGLM3"
         )
     return config
+
+
+def thudm_chatglm(raw: dict[str, Any]) -> bool:
+    """ChatGLM2/3 as THUDM ships it: model_type chatglm with its own code (auto_map)."""
+    return raw.get("model_type") == "chatglm" and bool(raw.get("auto_map"))
+
+
+def import_hint(model_dir: Path) -> str:
+    return (
+        f"{model_dir} is ChatGLM3 in THUDM's original layout, whose model code needs transformers 4.3x; "
+        "import it once with `tunelab model import NAME --from DATASET` (or `python -m tunelab.recipes.glm "
+        "import SRC DST`) and train the imported version"
+    )
+
+
+def cannot(what: str, model_dir: Path, error: Exception) -> str:
+    """One line saying what failed to load and why; for THUDM's layout, how to import it instead."""
+    detail = (str(error).strip().splitlines() or [""])[0]
+    message = f"cannot {what} {model_dir} ({type(error).__name__}: {detail})"
+    if model_dir.is_dir() and thudm_chatglm(_raw_config(model_dir)):
+        return f"{message}: {import_hint(model_dir)}"
+    return message
+
+
+def _raw_config(model_dir: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{model_dir} is not a Hugging Face model directory (no config.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read {model_dir}/config.json: {e}") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{model_dir}/config.json is not a JSON object")
+    return raw
 
 
 def device_and_dtype(args: TrainingArgs) -> tuple[torch.device, torch.dtype]:
@@ -77,11 +115,14 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             model_dir, trust_remote_code=trust_remote_code, local_files_only=True
         )
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load the tokenizer of {model_dir}: {e}") from None
+        tokenizer(["\n"], add_special_tokens=False)  # remote code may load, then fail on first use
+        tokenizer.get_vocab()
+    except Exception as e:  # noqa: BLE001 - remote tokenizer code can raise anything
+        raise ModelError(cannot("load the tokenizer of", model_dir, e)) from None
+    return tokenizer
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -112,8 +153,8 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(model_dir, config=config, **kwargs)
-    except (OSError, ValueError, ImportError) as e:
-        raise ModelError(f"cannot load {model_dir} as a causal LM: {e}") from None
+    except Exception as e:  # noqa: BLE001 - remote model code can raise anything
+        raise ModelError(cannot("load the causal LM in", model_dir, e)) from None
     model.config.use_cache = False
     model.to(device)
     return model
@@ -137,11 +178,11 @@ def apply_lora(model: Any, settings: PeftSettings) -> Any:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
 
     model_type = getattr(model.config, "model_type", "")
-    targets = settings.target_modules or list(DEFAULT_TARGETS.get(model_type) or [])
+    targets = resolve_targets(model_type, settings.target_modules, DEFAULT_TARGETS.get(model_type) or [])
     linear = sorted(
         {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     )
-    if not targets:
+    if not targets.modules:
         raise ModelError(
             f"PEFT has no default LoRA target modules for model type {model_type!r}; set "
             f"peft_config.target_modules to some of: {', '.join(linear)}"
@@ -151,7 +192,7 @@ def apply_lora(model: Any, settings: PeftSettings) -> Any:
         r=settings.r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
-        target_modules=targets,
+        target_modules=targets.modules,
         bias="none",
         use_rslora=settings.use_rslora,
     )
@@ -161,6 +202,8 @@ def apply_lora(model: Any, settings: PeftSettings) -> Any:
             model = get_peft_model(model, lora)
     except ValueError as e:
         raise ModelError(f"{e}; linear modules of this model: {', '.join(linear)}") from None
+    if targets.shared_qkv and not share_qkv_lora_A(model):
+        raise ModelError(f"{model_type!r} has no attention block with q_proj, k_proj and v_proj")
     if any("lora_embedding" in n for n, _ in model.named_parameters()):
         raise ModelError(
             "LoRA on embeddings can't be served by vLLM; drop embedding layers from target_modules"

@@ -31,7 +31,7 @@ from tunelab.recipes.lora.attention import eager
 from tunelab.recipes.lora.batching import Batch, BatchStream, Prefetcher
 from tunelab.recipes.lora.checkpoint import Resume
 from tunelab.recipes.lora.config import RecipeConfig
-from tunelab.recipes.lora.data import ChatFormat, TokenizedSet, tokenize_file
+from tunelab.recipes.lora.data import TokenizedSet, chat_format, tokenize_file
 from tunelab.recipes.lora.distributed import World, sum_gradients
 from tunelab.recipes.lora.errors import CheckpointError, DataError, StopRequested
 from tunelab.recipes.lora.evaluate import eval_loss, generate, similarity, stop_token_ids
@@ -98,7 +98,7 @@ class LoRAFinetuneRecipe:
         random.seed(args.seed)
         torch.manual_seed(args.seed)
         self.tokenizer = load_tokenizer(self.model_dir, cfg.tunelab.trust_remote_code)
-        self.format = ChatFormat(self.tokenizer, cfg.tunelab.chat_template)
+        self.format = chat_format(self.tokenizer, cfg.tunelab.chat_template)
         self.pad_id = pad_id(self.tokenizer)
         self.data: dict[str, TokenizedSet] = {}
         for split, path in self.files.items():
