@@ -229,7 +229,7 @@ def test_written_files_load_without_remote_code_or_sentencepiece(
     assert done.returncode == 0, done.stderr[-2000:]
     name, eos, pad, side, ids = json.loads(done.stdout.strip().splitlines()[-1])
     assert (eos, pad, side) == (2, 0, "left") and name in ("PreTrainedTokenizerFast", "TokenizersBackend")
-    assert ids[:3] == [1201, 1203, 1206] and ids[-1] == 1207
+    assert ids[:3] == [1201, 1203, 1206] and ids[-3] == 1207 and ids[-1] == 13  # <|assistant|> ▁ \n
 
 
 @pytest.mark.parametrize("add_special_tokens", [False, True])
@@ -376,11 +376,13 @@ def test_template_ids_plus_eos_equal_finetune_hf(fast: Any, thudm: Any) -> None:
         assert template_labels(fast, chat, ids) == want_labels, chat
 
 
-def test_generation_prompt_equals_build_chat_input(fast: Any, thudm: Any) -> None:
+def test_generation_prompt_is_build_chat_input_and_the_empty_metadata_line(fast: Any, thudm: Any) -> None:
+    # ChatGLM3 answers "\n" + content (an empty metadata line first); the template supplies that line
+    newline = thudm.tokenizer.encode("\n")
     for chat in CHATS[:100]:
         history, query = chat[:-1], chat[-1]["content"]
         want = thudm.build_chat_input(query, history=history, role=chat[-1]["role"])["input_ids"][0].tolist()
-        assert render(fast, chat, add_generation_prompt=True) == want, chat
+        assert render(fast, chat, add_generation_prompt=True) == want + newline, chat
 
 
 def test_template_is_the_hub_template_where_content_is_not_empty(fast: Any) -> None:

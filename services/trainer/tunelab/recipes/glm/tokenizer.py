@@ -58,8 +58,12 @@ ROLES = ("system", "user", "assistant", "observation")  # CHAT_TEMPLATE refuses 
 # encode(content): what finetune_hf.py trains on (tests/glm/test_glm_tokenizer.py checks it). Empty
 # content renders "\n" alone, because "\n " would add a lone "▁" that encode("") does not have; content
 # that starts with whitespace needs nothing (the normalized text is the same). An unknown role is an
-# error instead of a role token that does not exist. Literal `{{ '...' }}` strings keep transformers'
-# trim_blocks from eating the newlines.
+# error instead of a role token that does not exist. The generation prompt is `<|assistant|>` + "\n":
+# ChatGLM3 answers with a metadata line first (empty for a plain answer, a tool's name for a call) and
+# its own chat() strips it; no OpenAI-style server does, so the prompt supplies the empty line (the
+# ids finetune_hf.py trains on: encode("\n") after the role token) and the answer is the content alone.
+# Tool calls are not supported (the recipe refuses `tools`, as finetune_hf.py does). Literal
+# `{{ '...' }}` strings keep transformers' trim_blocks from eating the newlines.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant', 'observation'] -%}"
@@ -71,7 +75,7 @@ CHAT_TEMPLATE = (
     "{%- if message['content'] -%}{{- '\\n ' ~ message['content'] -}}"
     "{%- else -%}{{- '\\n' -}}{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
 )
 
 _BPE = 2  # sentencepiece_model.proto: TrainerSpec.ModelType

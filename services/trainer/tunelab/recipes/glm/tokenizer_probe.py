@@ -128,7 +128,8 @@ def _vocabulary_lines(sp_model_file: Path) -> list[str]:
 
 
 def _check_chat(where: str, sp: Any, fast: Any, special: dict[str, int]) -> None:
-    """The chat template's ids == finetune_hf.py's: [gMASK] sop, <|role|> encode("\\n") encode(content)..."""
+    """The chat template's ids == finetune_hf.py's: [gMASK] sop, <|role|> encode("\\n") encode(content)...,
+    and the generation prompt <|assistant|> encode("\\n")."""
     contents = [
         "你好，请介绍一下这款连衣裙。",
         "",
@@ -141,7 +142,7 @@ def _check_chat(where: str, sp: Any, fast: Any, special: dict[str, int]) -> None
     expected = [special["[gMASK]"], special["sop"]]
     for message in messages:
         expected += [special[f"<|{message['role']}|>"], *sp.encode("\n"), *sp.encode(message["content"])]
-    expected.append(special["<|assistant|>"])
+    expected += [special["<|assistant|>"], *sp.encode("\n")]  # the generation prompt's empty metadata line
     got = fast.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     _compare(where, "renders the probe chat as", ["(the probe chat)"], [expected], [list(got)])
 
