@@ -14,6 +14,19 @@ from typing import Any
 import common as bc
 
 
+def spread(values: list[float]) -> dict[str, float] | None:
+    """min / median / max / relative standard deviation of the measured steps' times."""
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    return {
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+        "relative_stdev": statistics.stdev(values) / mean if mean else 0.0,
+    }
+
+
 def summarize_recipe(result: dict[str, Any], warmup: int) -> dict[str, Any]:
     records = result.pop("records")
     train = [r for r in records if r["event"] == "train"]
@@ -29,6 +42,7 @@ def summarize_recipe(result: dict[str, Any], warmup: int) -> dict[str, Any]:
         "warmup_steps": warmup,
         "first_step_seconds": train[0]["window_seconds"],
         "step_seconds": seconds / len(measured),
+        "step_seconds_spread": spread([r["window_seconds"] for r in measured]),
         "real_tokens": tokens,
         "tokens_per_second": tokens / seconds,
         "samples_per_second": sum(r["samples_per_second"] * r["window_seconds"] for r in measured) / seconds,
@@ -42,7 +56,7 @@ def summarize_recipe(result: dict[str, Any], warmup: int) -> dict[str, Any]:
 def scrub_command(argv: list[str]) -> str:
     """The command line as anyone would type it: `python3 bench/train/run.py ...`, with no path of the
     machine that ran it (the interpreter, --out and --work values, the checkout)."""
-    words, hide = ["python3"], {"--out": "OUT", "--work": "WORK"}
+    words, hide = ["python3"], {"--out": "OUT", "--work": "WORK", "--chatglm-code": "CODE"}
     for i, arg in enumerate(argv):
         name, eq, _ = arg.partition("=")
         if eq and name in hide:
@@ -83,7 +97,7 @@ def report(metrics: dict[str, Any], n_params: int, tiny: bool, out: Path | None,
         if tps is None:
             return
         side["mfu"] = 4 * n_params * tps / peak if peak else None
-        side["speedup"] = tps / base["tokens_per_second"]
+        side["speedup"] = tps / base["tokens_per_second"] if base.get("tokens_per_second") else None
         for kind in ("allocated", "reserved"):
             if f"peak_{kind}_bytes" in side:
                 side[f"peak_{kind}_gb"] = side[f"peak_{kind}_bytes"] / 1e9
@@ -108,7 +122,8 @@ def report(metrics: dict[str, Any], n_params: int, tiny: bool, out: Path | None,
         ddp["scaling_efficiency"] = ddp["tokens_per_second"] / (ddp["processes"] * one["tokens_per_second"])
         metrics["data_parallel"] = ddp
     fast, low = metrics["tunelab"].get("fast", {}), metrics["tunelab"].get("low_memory", {})
-    if fast.get("losses") and fast.get("start"):
+    checks, imp = metrics.get("loss_check", {}), metrics.get("import", {})
+    if fast.get("losses") and fast.get("start") and base.get("losses"):
         metrics["loss_curves"] = curve_agreement(
             base["losses"], fast["losses"], fast["start"]["samples_per_step"]
         )
@@ -124,10 +139,28 @@ def report(metrics: dict[str, Any], n_params: int, tiny: bool, out: Path | None,
             "low_memory peak GPU memory reserved (GB, 1e9 bytes)", "<=", 20, low.get("peak_reserved_gb")
         ),
         "loss_check": bc.Target(
-            "same samples: |tunelab loss - transformers loss| / loss",
+            "same samples, imported model: |tunelab loss - transformers loss| / loss (bf16 on a GPU)",
             "<=",
             0.01,
-            metrics["loss_check"]["relative_difference"],
+            checks.get("recipe_vs_transformers", {}).get("relative_difference"),
+        ),
+        "thudm_vs_imported_fp32": bc.Target(
+            "same batch in fp32: |imported model's loss - THUDM's model's loss| / loss",
+            "<=",
+            1e-4,
+            checks.get("thudm_vs_imported", {}).get("relative_difference_fp32"),
+        ),
+        "import_peak_rss_gb": bc.Target(
+            "peak RSS of the import (GB) <= 2 x the largest shard + 1 GB (interpreter, torch, tokenizer)",
+            "<=",
+            round(2 * imp.get("largest_shard_bytes", 0) / 1e9 + 1, 3),
+            imp["peak_rss_bytes"] / 1e9 if imp.get("peak_rss_bytes") else None,
+        ),
+        "same_rows": bc.Target(
+            "share of samples the recipe tokenizes exactly as finetune_hf.py does (ids and labels)",
+            ">=",
+            1,
+            metrics["data"].get("recipe_rows_identical_to_finetune_hf"),
         ),
         "loss_curves": bc.Target(
             "first steps' mean loss, tunelab fast vs baseline, in noise units",
@@ -165,16 +198,22 @@ def report(metrics: dict[str, Any], n_params: int, tiny: bool, out: Path | None,
         rows.append(
             (
                 label,
-                f"{side.get('tokens_per_second', 0):,.0f}",
-                f"{side.get('step_seconds', 0):.3f}",
-                f"{side.get('peak_reserved_gb', 0):.1f}",
+                f"{side.get('tokens_per_second') or 0:,.0f}",
+                f"{side.get('step_seconds') or 0:.3f}",
+                f"{side.get('peak_reserved_gb') or 0:.1f}",
                 f"{side.get('mfu') or 0:.3f}",
-                f"{side.get('speedup', 0):.2f}",
+                f"{side.get('speedup') or 0:.2f}",
             )
         )
     print(bc.fmt_table(rows))
     for key, target in targets.items():
         print(f"{'MET ' if target.met else 'MISS'} {key}: {target.value} {target.op} {target.threshold}")
+    if imp:
+        print(
+            f"import: {imp.get('source_bytes', 0) / 1e9:.2f} GB in {imp.get('seconds', 0):.1f} s = "
+            f"{imp.get('gb_per_second', 0):.2f} GB/s, peak RSS {imp.get('peak_rss_bytes', 0) / 1e9:.2f} GB "
+            f"({imp.get('peak_rss_over_largest_shard', 0):.2f} x the largest shard)"
+        )
     for line in not_run:
         print(f"not run: {line}")
     print(f"wrote {path}")

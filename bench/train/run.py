@@ -1,23 +1,29 @@
-"""LoRA training speed: ChatGLM3 finetune_hf.py's setup (HF Seq2SeqTrainer + PEFT, padded batches of 4,
-gradient checkpointing) against tunelab's recipe as users run it, side by side in one run on one GPU.
+"""LoRA training speed on ChatGLM3-6B's real architecture: ChatGLM3 finetune_hf.py's setup on THUDM's own
+model code (HF Seq2SeqTrainer + PEFT, padded batches of 4, gradient checkpointing) against tunelab's
+recipe on the same weights imported into transformers' `glm`, side by side in one run on one GPU.
 
-    python3 bench/train/run.py --out DIR        # on a GPU: the 6.24B ChatGLM3-shaped model (~6 minutes)
+    python3 bench/train/run.py --out DIR        # on a GPU: the 6.24B model, random weights (~4-5 minutes)
     python3 bench/train/run.py --out DIR --ddp  # with 2 GPUs: also `fast` data-parallel on both
-    .venv/bin/python bench/train/run.py --tiny  # the same code on a CPU with a tiny model (< 1 minute)
+    .venv/bin/python bench/train/run.py --tiny  # the same code on a CPU, the fixture's tiny config (~1 min)
 
-In order: the bf16 matmul peak of this card (8192^3, random data); synthetic AdvertiseGen-shaped data
-(synth.py); the random model, made on the GPU and saved with its tokenizer (the recipe loads it from
-disk like any model); the same 8 samples' loss by transformers' own loss and by the recipe's (varlen
-packing, chunked loss); the baseline (baseline.py), timed over `--baseline-steps` after warm-up; then
-`python -m tunelab.recipes.lora DATA MODEL configs/lora.yaml no --set tunelab.profile=<mode> ...`
-for each mode, timed from its own metrics lines after warm-up (compilation happens there). With
---ddp and 2 GPUs, last: `fast` under `torchrun --nproc-per-node 2` with the 1-GPU run's row size (the
-same work per GPU; rank 0's metrics count both ranks' tokens), and its scaling efficiency:
-tokens/s on 2 GPUs / (2 x tokens/s of the 1-GPU fast run). --tiny --ddp runs 2 CPU processes (gloo).
+In order: the bf16 matmul peak of this card (8192^3, random data); a sentencepiece tokenizer with
+ChatGLM3's id layout and AdvertiseGen-shaped data (synth.py); THUDM's ChatGLMForConditionalGeneration
+built from `config.full-size.json` (THUDM's code from the fixture, patched in memory by the tests'
+loaders) with random fp16 weights on the GPU, written as a download of THUDM/chatglm3-6b (7 shards,
+index, config, tokenizer, THUDM's .py files; chatglm.py); THUDM's model's loss on 8 samples (fp32 and
+bf16); the baseline on it in bf16 (baseline.py); `python -m tunelab.recipes.glm import` of that folder,
+timed, with its peak RSS (importing.py); the imported model's loss on the same 8 samples (fp32: must
+match THUDM's; bf16) and the recipe's loss on them (losses.py); then
+`python -m tunelab.recipes.lora DATA IMPORTED configs/lora.yaml no --set tunelab.profile=<mode> ...` for
+each mode, timed from its own metrics lines after warm-up (compilation happens there). With --ddp and 2
+GPUs, last: `fast` under `torchrun --nproc-per-node 2` with the 1-GPU run's row size (the same work per
+GPU; rank 0's metrics count both ranks' tokens), and its scaling efficiency: tokens/s on 2 GPUs / (2 x
+tokens/s of the 1-GPU fast run). --tiny --ddp runs 2 CPU processes (gloo).
 
 MFU = 4 * N_params * real tokens/s / measured matmul peak (LoRA: no weight gradients for the frozen
 weights; recomputation from checkpointing is not counted). Writes bench/results/train.json (with
---tiny only DIR/train-tiny.json) and copies the result and a log into DIR.
+--tiny only DIR/train-tiny.json) and copies the result and a log into DIR. THUDM's code must be readable
+(chatglm.find_code): on a GPU machine, carry a copy of the fixture in bench/data/chatglm3-6b-tiny.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +47,10 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "services" / "trainer"))
 
+import chatglm  # noqa: E402
 import common as bc  # noqa: E402
+import importing  # noqa: E402
+import losses  # noqa: E402
 import synth  # noqa: E402
 from report import report, summarize_recipe  # noqa: E402
 
@@ -49,10 +59,15 @@ LOG: list[str] = []
 HIDE: dict[str, str] = {sys.executable: "python3"}  # machine paths never reach the results
 
 
-def say(text: str) -> None:
+def hide(text: str) -> str:
+    """`text` with this machine's paths replaced (results and logs never name them)."""
     for path, name in HIDE.items():
         text = text.replace(path, name)
-    line = f"[{time.strftime('%H:%M:%S')}] {bc.repo_relative(text)}"
+    return bc.repo_relative(text)
+
+
+def say(text: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {hide(text)}"
     LOG.append(line)
     print(line, flush=True)
 
@@ -104,35 +119,6 @@ def environment(device: Any) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError, ValueError, IndexError):
             pass
     return env
-
-
-def loss_check(model: Any, tok: Any, samples: list[Any], device: Any, autocast: Any) -> dict[str, float]:
-    """The same samples' mean loss by transformers (padded, labels=) and by the recipe (varlen, chunked)."""
-    import torch
-    from transformers import DataCollatorForSeq2Seq
-
-    from tunelab.recipes.lora.attention import NAME, use_attention
-    from tunelab.recipes.lora.batching import PackedLayout
-    from tunelab.recipes.lora.loss import loss_sum
-
-    rows = samples[:8]
-    padded = DataCollatorForSeq2Seq(tok, padding="longest")(
-        [{"input_ids": s.input_ids, "labels": s.labels} for s in rows]
-    )
-    length = sum(len(s.input_ids) for s in rows)
-    layout = PackedLayout(
-        1, length, tok.pad_token_id, "varlen", segment_cap=max(len(s.input_ids) for s in rows)
-    )
-    packed = layout.collate(rows, [list(range(len(rows)))])
-    model.eval()
-    with torch.no_grad():
-        hf = float(model(**{k: v.to(device) for k, v in padded.items()}).loss)
-        previous = use_attention(model, NAME)
-        with autocast():
-            ours = float(loss_sum(model, packed.to(device))) / packed.num_label_tokens
-        use_attention(model, previous)
-    model.train()
-    return {"transformers_loss": hf, "tunelab_loss": ours, "relative_difference": abs(ours - hf) / abs(hf)}
 
 
 def save_partial(out: Path | None, metrics: dict[str, Any]) -> None:
@@ -240,21 +226,26 @@ def data_parallel(
     return result
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--tiny", action="store_true", help="tiny model on the CPU: checks the code, not speed"
+        "--tiny",
+        action="store_true",
+        help="the fixture's tiny ChatGLM3 on the CPU: checks the code, not speed",
     )
     parser.add_argument("--out", type=Path, help="also copy the result and a log here")
+    parser.add_argument(
+        "--chatglm-code", type=Path, help="folder with THUDM's code (default: see chatglm.py)"
+    )
     parser.add_argument("--modes", default="fast,low_memory", help="tunelab profiles to run")
-    parser.add_argument("--baseline-steps", type=int, default=40)
-    parser.add_argument("--baseline-warmup", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30, help="measured steps per tunelab mode")
-    parser.add_argument("--warmup", type=int, default=5, help="tunelab warm-up steps (compilation)")
-    parser.add_argument("--samples", type=int, default=3000)
-    parser.add_argument("--deadline", type=float, default=540, help="seconds; later phases are skipped")
+    parser.add_argument("--baseline-steps", type=int, default=20)
+    parser.add_argument("--baseline-warmup", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8, help="measured steps per tunelab mode")
+    parser.add_argument("--warmup", type=int, default=2, help="tunelab warm-up steps (compilation)")
+    parser.add_argument("--samples", type=int, default=1500)
+    parser.add_argument("--deadline", type=float, default=500, help="seconds; later phases are skipped")
     parser.add_argument("--work", type=Path, help="scratch directory (default: /dev/shm or a temp dir)")
     parser.add_argument(
         "--ddp",
@@ -262,67 +253,138 @@ def main() -> int:
         help="also run `fast` on 2 GPUs (torchrun, data-parallel) and report its scaling efficiency; "
         "needs 2 GPUs (with --tiny: 2 CPU processes)",
     )
-    args = parser.parse_args()
-    began = time.perf_counter()
-    if args.out:
-        HIDE[str(args.out.resolve())] = HIDE[str(args.out)] = "OUT"
+    return parser.parse_args()
 
-    import torch
 
-    tiny = args.tiny or not torch.cuda.is_available()
-    device = torch.device("cpu" if tiny else "cuda")
-    shape = synth.TINY if tiny else synth.CHATGLM3_6B
-    dtype = torch.float32 if tiny else torch.bfloat16
-    if tiny:
-        args.baseline_steps, args.steps, args.warmup, args.samples = 6, 4, 1, 200
-    shm = Path("/dev/shm")  # the 12.5 GB model saves and loads at memory speed there
-    use_shm = not tiny and shm.is_dir() and shutil.disk_usage(shm).free > 30e9
+def scratch(args: argparse.Namespace, tiny: bool) -> Path:
+    """/dev/shm where it can hold both checkpoints (2 x 12.5 GB) with room to spare, else a temp dir."""
+    shm = Path("/dev/shm")
+    use_shm = not tiny and shm.is_dir() and shutil.disk_usage(shm).free > 45e9
     root = args.work or Path(tempfile.mkdtemp(dir=shm if use_shm else None, prefix="bench-train-"))
     root.mkdir(parents=True, exist_ok=True)
     HIDE[str(root)] = "WORK"
-    metrics: dict[str, Any] = {"environment": environment(device), "shape": vars(shape)}
-    peak = matmul_peak(device)
-    metrics["matmul_peak_tflops"] = peak / 1e12 if peak else None
-    say(f"{metrics['environment']}; matmul peak {metrics['matmul_peak_tflops']} TFLOP/s")
+    return root
 
-    tok = synth.tokenizer(shape.vocab_size)
-    data = synth.write_data(root / "data", args.samples, shape.vocab_size)
-    model = synth.build_model(shape, tok, device, dtype)
-    n_params = sum(p.numel() for p in model.parameters())
-    model_dir = synth.save_model(model, tok, root / "model")
-    say(f"model: {n_params / 1e9:.3f}B parameters, saved at {time.perf_counter() - began:.0f}s")
 
-    from tunelab.recipes.lora.batching import epoch_order
-    from tunelab.recipes.lora.data import ChatFormat, tokenize_file
+def phase(metrics: dict[str, Any], name: str, started: float) -> float:
+    """Records the seconds since `started` as phase `name`; returns now (the next phase's start)."""
+    now = time.perf_counter()
+    metrics.setdefault("phases_s", {})[name] = round(now - started, 1)
+    return now
 
-    fmt_tok = synth.tokenizer(shape.vocab_size)
-    samples = tokenize_file(data / "train.json", fmt_tok, ChatFormat(fmt_tok), 256, 512).samples
-    metrics["data"] = {
-        "samples": len(samples),
-        "mean_tokens": statistics.fmean(len(s.input_ids) for s in samples),
+
+def thudm_side(
+    args: argparse.Namespace, metrics: dict[str, Any], root: Path, tiny: bool, device: Any
+) -> tuple[Path, int, dict[str, Any]]:
+    """Inputs, THUDM's model written as a download, its losses, the baseline on it. Returns the
+    checkpoint folder, the parameter count, and what the imported model's checks need."""
+    import torch
+
+    code = chatglm.find_code(args.chatglm_code)
+    started = time.perf_counter()
+    words = synth.Words(synth.TINY_PIECES if tiny else synth.FULL_PIECES)
+    sp_model = synth.train_tokenizer(words)
+    rows = synth.conversations(args.samples, words, sp_model)
+    data = synth.write_data(root / "data", rows)
+    metrics["tokenizer"] = {
+        "kind": "sentencepiece BPE, ChatGLM3's id layout (scripts/chatglm3_standin.train_tokenizer)",
+        "pieces": words.pieces,
+        "seconds": time.perf_counter() - started,
     }
-    metrics["data"]["mean_answer_tokens"] = statistics.fmean(len(s.input_ids) - s.prompt_len for s in samples)
+    started = phase(metrics, "tokenizer_and_data", started)
+    config = chatglm.thudm_config(code, tiny)
+    metrics["model"] = {
+        "code": "THUDM modeling_chatglm.py (the fixture's), transformers-5 patches in memory",
+        "config": "config.json (tiny fixture)" if tiny else "config.full-size.json (THUDM/chatglm3-6b)",
+        **{k: config[k] for k in chatglm.SHAPE_KEYS},
+    }
+    # fp16 on disk, as THUDM publishes chatglm3-6b; both sides then compute in bf16 (fp32 on a CPU)
+    model = chatglm.build_model(code, config, torch.float32 if tiny else torch.float16, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    started = phase(metrics, "build_thudm_model", started)
+    src = root / "chatglm3-6b"
+    metrics["checkpoint"] = chatglm.write_checkpoint(
+        model, config, code, sp_model, src, 3 if tiny else chatglm.HUB_SHARDS
+    )
+    started = phase(metrics, "write_checkpoint", started)
+    say(f"THUDM's model: {n_params / 1e9:.3f}B parameters, written as a download: {metrics['checkpoint']}")
 
-    def autocast() -> Any:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=not tiny)
-
-    metrics["loss_check"] = loss_check(model, tok, samples, device, autocast)
-    say(f"loss check: {metrics['loss_check']}")
+    tok = chatglm.load_tokenizer(src)
+    base_rows = chatglm.finetune_hf_rows(tok, rows, 256, 512)  # lora.yaml's max_input/output_length
+    lengths = [len(r["input_ids"]) for r in base_rows]
+    metrics["data"] = {
+        "samples": len(base_rows),
+        "mean_tokens": statistics.fmean(lengths),
+        "mean_trained_tokens": statistics.fmean(sum(t != -100 for t in r["labels"]) for r in base_rows),
+        "max_tokens": max(lengths),
+    }
+    batch = chatglm.padded_batch(tok, base_rows[:8])
+    thudm_loss = losses.thudm_losses(model, batch, device, bf16=not tiny)
+    say(f"data: {metrics['data']}; THUDM's loss on 8 samples: {thudm_loss}")
+    started = phase(metrics, "thudm_tokenize_and_losses", started)
 
     from baseline import run_baseline
 
-    order = epoch_order(len(samples), 42, 0)
-    metrics["baseline"] = run_baseline(
-        model, tok, samples, order, args.baseline_warmup if not tiny else 1, args.baseline_steps, tiny
-    )
+    from tunelab.recipes.lora.batching import epoch_order
+
+    order = epoch_order(len(base_rows), 42, 0)
+    save_partial(args.out, metrics)
+    try:  # a failed baseline is recorded; the import and the recipe still run
+        metrics["baseline"] = run_baseline(
+            model,
+            tok,
+            [base_rows[i] for i in order],
+            args.baseline_warmup if not tiny else 1,
+            args.baseline_steps,
+            tiny,
+        )
+    except Exception as e:  # noqa: BLE001
+        metrics["baseline"] = {"error": hide(f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2500:]}")}
+    phase(metrics, "baseline", started)
     del model
     gc.collect()
     if not tiny:
         torch.cuda.empty_cache()
         say(f"after the baseline this process holds {torch.cuda.memory_reserved() / 1e9:.2f} GB")
     say(f"baseline: { {k: v for k, v in metrics['baseline'].items() if k != 'losses'} }")
-    save_partial(args.out, metrics)
+    return src, n_params, {"data": data, "batch": batch, "thudm_loss": thudm_loss, "rows": base_rows}
 
+
+def imported_side(
+    metrics: dict[str, Any], imported: Path, checks: dict[str, Any], tiny: bool, device: Any
+) -> None:
+    """The recipe's tokenization of the same file (the same ids as finetune_hf.py's?) and the losses."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tunelab.recipes.lora.data import chat_format, tokenize_file
+
+    tok = AutoTokenizer.from_pretrained(imported)
+    samples = tokenize_file(checks["data"] / "train.json", tok, chat_format(tok), 256, 512).samples
+    same = sum(
+        s.input_ids == r["input_ids"] and s.labels == r["labels"]
+        for s, r in zip(samples, checks["rows"], strict=True)
+    )
+    metrics["data"]["recipe_rows_identical_to_finetune_hf"] = same / len(samples)
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=not tiny)
+
+    metrics["loss_check"] = losses.imported_checks(
+        imported, checks["thudm_loss"], checks["batch"], samples, tok.pad_token_id, device, autocast
+    )
+    gc.collect()
+    if not tiny:
+        torch.cuda.empty_cache()
+    say(
+        f"loss checks: {metrics['loss_check']}; "
+        f"recipe rows identical to finetune_hf.py's: {same}/{len(samples)}"
+    )
+
+
+def tunelab_runs(
+    args: argparse.Namespace, tiny: bool, data: Path, model_dir: Path, root: Path, began: float
+) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     steps = args.warmup + args.steps
     for mode in [m for m in args.modes.split(",") if m]:
@@ -355,19 +417,71 @@ def main() -> int:
                 )
         if result:
             runs[mode] = result
-            save_partial(args.out, metrics | {"tunelab": runs})
             say(f"tunelab {mode}: { {k: v for k, v in result.items() if k not in ('losses', 'start')} }")
-    metrics["tunelab"] = runs
-    if args.ddp:
-        metrics["data_parallel"] = data_parallel(args, tiny, runs.get("fast"), data, model_dir, root, began)
+    return runs
+
+
+def main() -> int:
+    args = parse_args()
+    began = time.perf_counter()
+    if args.out:
+        HIDE[str(args.out.resolve())] = HIDE[str(args.out)] = "OUT"
+
+    import torch
+
+    tiny = args.tiny or not torch.cuda.is_available()
+    device = torch.device("cpu" if tiny else "cuda")
+    if tiny:
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+        args.baseline_steps, args.steps, args.warmup, args.samples = 6, 4, 1, 200
+    root = scratch(args, tiny)
+    metrics: dict[str, Any] = {"environment": environment(device)}
+    metrics["work_storage"] = (
+        "tmpfs (/dev/shm)" if str(root).startswith("/dev/shm") else "a local disk (temp dir)"
+    )
+    peak = matmul_peak(device)
+    metrics["matmul_peak_tflops"] = peak / 1e12 if peak else None
+    say(f"{metrics['environment']}; matmul peak {metrics['matmul_peak_tflops']} TFLOP/s")
+
+    src, n_params, checks = thudm_side(args, metrics, root, tiny, device)
+    save_partial(args.out, metrics)
+    imported = root / "imported"
+    left = args.deadline - (time.perf_counter() - began)
+    started = time.perf_counter()
+    metrics["import"] = json.loads(hide(json.dumps(importing.run_import(src, imported, max(left - 30, 60)))))
+    started = phase(metrics, "import", started)
+    say(f"import: { {k: v for k, v in metrics['import'].items() if k != 'error'} }")
+    runs: dict[str, Any] = {}
+    if metrics["import"]["exit_code"] == 0:
+        shutil.rmtree(src, ignore_errors=True)  # the recipe reads the imported copy only
+        try:  # a failed check is recorded; the recipe still runs
+            imported_side(metrics, imported, checks, tiny, device)
+        except Exception as e:  # noqa: BLE001
+            metrics["loss_check"] = {
+                "error": hide(f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2500:]}")
+            }
+            say(f"imported model checks failed: {metrics['loss_check']['error']}")
+        started = phase(metrics, "imported_model_checks", started)
         save_partial(args.out, metrics)
-    shutil.rmtree(root / "model", ignore_errors=True)
+        runs = tunelab_runs(args, tiny, checks["data"], imported, root, began)
+        phase(metrics, "tunelab_runs", started)
+    else:
+        say(f"the import failed ({metrics['import']['exit_code']}): {metrics['import'].get('error')}")
+    metrics["tunelab"] = runs
+    save_partial(args.out, metrics)
+    if args.ddp and runs:
+        metrics["data_parallel"] = data_parallel(
+            args, tiny, runs.get("fast"), checks["data"], imported, root, began
+        )
+        save_partial(args.out, metrics)
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(imported, ignore_errors=True)
     if args.out:
         for log in root.glob("recipe-*.log"):  # with the machine's paths hidden, as in the result
-            text = log.read_text()
-            for path, name in HIDE.items():
-                text = text.replace(path, name)
-            (args.out / log.name).write_text(bc.repo_relative(text))
+            (args.out / log.name).write_text(hide(log.read_text()))
+    if args.work is None:  # a scratch directory of our own (in /dev/shm on a GPU machine)
+        shutil.rmtree(root, ignore_errors=True)
+    metrics["seconds"] = time.perf_counter() - began
     return report(metrics, n_params, tiny, args.out, LOG)
 
 

@@ -1,124 +1,112 @@
-"""The benchmark's inputs: a tokenizer whose tokens are words, AdvertiseGen-shaped conversations with the
-real length distribution in tokens, and a randomly initialised Llama-shaped model with ChatGLM3-6B's
-dimensions (throughput does not depend on weight values).
+"""The benchmark's inputs: a sentencepiece tokenizer with ChatGLM3's id layout and AdvertiseGen-shaped
+conversations whose lengths in tokens are the real ones (throughput does not depend on the words).
+
+Tokenizer: a BPE `tokenizer.model` trained by the ChatGLM3 stand-in's trainer
+(`scripts/chatglm3_standin.train_tokenizer`: ChatGLM3's settings, unk 0 / bos 1 / eos 2, byte fallback)
+on a generated corpus of "words" (1-4 CJK characters, Zipf-distributed). Full size: 64,789 pieces, the
+real ChatGLM3 vocabulary's size, so the nine special tokens get ChatGLM3's own ids (`[gMASK]` 64790,
+`sop` 64792, `<|user|>` 64795, `<|assistant|>` 64796) and the model's 65,024 embedding rows are the real
+padded vocabulary; trained in ~2 s. Tiny (the fixture's 1,280-row model): 1,200 pieces.
 
 Lengths: an AdvertiseGen prompt is 3-9 `key#value` attributes and its answer a 60-150+ character ad
 copy; with ChatGLM3's tokenizer that is a prompt of about 12-90 tokens and an answer of about 30-300,
-a sample of 150 tokens on average (the length the reference measurement reports). Here a prompt has
-N(36, 10) words clipped to [12, 90], an answer N(108, 32) clipped to [30, 300], and one word is one
-token, so the token lengths are exact: prompt + answer + 5 template tokens, 149 on average.
+a sample of about 150 tokens (the length the reference measurement reports). Here a prompt's content
+has N(35, 10) tokens clipped to [12, 90], an answer's N(106, 32) clipped to [30, 300]: words are
+added until the count is reached (sentencepiece never merges across the spaces between words, so a
+text's tokens are the sum of its words'), plus ChatGLM3's 9 format tokens
+(`[gMASK] sop <|user|> \\n ... <|assistant|> \\n ... </s>`, "\\n" being 2 tokens): 150 on average.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SPECIAL = ["<unk>", "<pad>", "</s>", "[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>"]
-# ChatGLM3's layout: [gMASK]sop<|user|>\n prompt <|assistant|>\n answer </s>
-CHAT_TEMPLATE = (
-    "{{ '[gMASK]sop' }}{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
-    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
+REPO = Path(__file__).resolve().parents[2]
+FULL_PIECES = 64789  # ChatGLM3-6B's tokenizer.model
+TINY_PIECES = 1200  # the fixture's tokenizer.model
 
 
-@dataclass(frozen=True)
-class Shape:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
+def _standin() -> Any:
+    """scripts/chatglm3_standin.py, imported by path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "chatglm3_standin", REPO / "scripts" / "chatglm3_standin.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-CHATGLM3_6B = Shape(65024, 4096, 13696, 28, 32, 2)  # ChatGLM3-6B's dimensions (multi-query: 2 groups)
-TINY = Shape(512, 64, 128, 2, 4, 2)
+class Words:
+    """A Zipf-distributed vocabulary of CJK "words", sized so that `pieces` BPE pieces can be learnt."""
+
+    def __init__(self, pieces: int, seed: int = 0) -> None:
+        rng = random.Random(seed)
+        alphabet = [chr(c) for c in range(0x4E00, 0x4E00 + min(3000, pieces // 4))]
+        words: set[str] = set()
+        while len(words) < 2 * pieces:
+            words.add("".join(rng.choice(alphabet) for _ in range(rng.choice((1, 2, 2, 3, 3, 4)))))
+        self.words = sorted(words)
+        rng.shuffle(self.words)
+        self.cumulative = list(itertools.accumulate(1 / (rank + 10) for rank in range(len(self.words))))
+        self.pieces = pieces
+
+    def sample(self, rng: random.Random, k: int) -> list[str]:
+        return rng.choices(self.words, cum_weights=self.cumulative, k=k)
 
 
-def conversations(count: int, vocab_size: int, seed: int = 0) -> list[dict[str, Any]]:
+def train_tokenizer(words: Words, lines: int = 0) -> bytes:
+    """tokenizer.model bytes: the stand-in's sentencepiece trainer on a corpus drawn from `words`."""
+    rng = random.Random(1)
+    corpus = [" ".join(words.sample(rng, 20)) for _ in range(lines or max(2000, 3 * words.pieces))]
+    model: bytes = _standin().train_tokenizer(corpus, words.pieces)
+    return model
+
+
+def conversations(count: int, words: Words, sp_model: bytes, seed: int = 0) -> list[dict[str, Any]]:
+    """`count` conversations whose contents have the drawn lengths in tokens exactly."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=sp_model)
     rng = random.Random(seed)
-    first = len(SPECIAL)
+    sizes: dict[str, int] = {}
+    singles: list[str] = []
 
-    def words(mean: float, sd: float, low: int, high: int) -> str:
-        n = min(high, max(low, round(rng.gauss(mean, sd))))
-        return " ".join(f"w{rng.randrange(first, vocab_size)}" for _ in range(n))
+    def text(mean: float, sd: float, low: int, high: int) -> str:
+        target = min(high, max(low, round(rng.gauss(mean, sd))))
+        out: list[str] = []
+        n = 0
+        while n < target:
+            word = words.sample(rng, 1)[0]
+            if word not in sizes:
+                sizes[word] = len(sp.encode(word))  # with the dummy prefix: "▁word", as after a space
+                if sizes[word] == 1:
+                    singles.append(word)
+            if n + sizes[word] > target:  # one-token words fill the rest: the count is exact
+                if not singles:
+                    continue
+                word = rng.choice(singles)
+            out.append(word)
+            n += sizes[word]
+        return " ".join(out)
 
     return [
         {
             "conversations": [
-                {"role": "user", "content": words(36, 10, 12, 90)},
-                {"role": "assistant", "content": words(108, 32, 30, 300)},
+                {"role": "user", "content": text(35, 10, 12, 90)},
+                {"role": "assistant", "content": text(106, 32, 30, 300)},
             ]
         }
         for _ in range(count)
     ]
 
 
-def write_data(data_dir: Path, count: int, vocab_size: int, seed: int = 0) -> Path:
+def write_data(data_dir: Path, rows: list[dict[str, Any]]) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
-    rows = conversations(count, vocab_size, seed)
-    (data_dir / "train.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data_dir / "train.json").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return data_dir
-
-
-def tokenizer(vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIAL)}
-    vocab |= {f"w{i}": i for i in range(len(SPECIAL), vocab_size)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        eos_token="</s>",
-        additional_special_tokens=SPECIAL[3:],
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-def model_config(shape: Shape, tok: Any) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        use_cache=False,
-    )
-
-
-def build_model(shape: Shape, tok: Any, device: Any, dtype: Any) -> Any:
-    """Random weights (transformers' own init, std 0.02), made directly on `device` in `dtype`."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(model_config(shape, tok), dtype=dtype)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model
-
-
-def save_model(model: Any, tok: Any, model_dir: Path) -> Path:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(model_dir, safe_serialization=True)
-    tok.save_pretrained(model_dir)
-    return model_dir

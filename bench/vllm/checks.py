@@ -1,4 +1,12 @@
-"""The functional checks through the gateway, and reading Prometheus text.
+"""The functional checks through the gateway, in ChatGLM3's chat format, and reading Prometheus text.
+
+The served model is an imported ChatGLM3 (transformers' glm, ChatGLM3's tokenizer and template). A raw
+prompt (Triton's ``text_input``, OpenAI completions) is ChatGLM3's turn text, to which the tokenizer adds
+``[gMASK] sop``: ``<|user|>\n {content}<|assistant|>\n`` (the newline after ``<|assistant|>`` is the empty
+metadata line ChatGLM3 writes before a plain answer, as the imported chat template's generation prompt
+has it); an OpenAI chat request sends messages and the server applies the template. Generation stops at
+``</s>``, ``<|user|>`` and ``<|observation|>`` (generation_config.json's ids), so no answer may contain
+those strings: the last check reads every answer the others got.
 
 Each check records its outcome (``ok``, the HTTP status, a snippet of the answer, seconds) rather than
 stopping the run, so one result file shows everything that worked and everything that did not.
@@ -15,9 +23,16 @@ from typing import Any
 
 import httpx
 
-# The seed walkthrough's request (`curl -X POST …/v2/models/chatglm3-ad/generate -d '…'`).
+# The seed walkthrough's request (`curl -X POST …/v2/models/chatglm3-ad/generate -d '…'`), whose
+# text_input is the ad's attributes, in ChatGLM3's turn format.
 SEED_PROMPT = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约*图案#刺绣*衣样式#外套*衣款式#破洞"
 SEED_SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 1024}
+STOP_STRINGS = ("</s>", "<|user|>", "<|observation|>")  # ChatGLM3's stops: never in an answer
+
+
+def chatglm3_prompt(content: str) -> str:
+    """One user turn and the assistant's generation prompt, as raw text (the tokenizer adds [gMASK] sop)."""
+    return f"<|user|>\n {content}<|assistant|>\n"
 
 
 def _snippet(text: str, n: int = 120) -> str:
@@ -54,17 +69,20 @@ def upstream_has_adapter(upstream_url: str, base: str, adapter: str) -> dict[str
 
 def triton_generate(client: httpx.Client, model: str, max_tokens: int) -> dict[str, Any]:
     sampling = {**SEED_SAMPLING, "max_tokens": max_tokens}
-    body = {"text_input": SEED_PROMPT, "stream": False, "sampling_parameters": json.dumps(sampling)}
+    prompt = chatglm3_prompt(SEED_PROMPT)
+    body = {"text_input": prompt, "stream": False, "sampling_parameters": json.dumps(sampling)}
     r = client.post(f"/v2/models/{model}/generate", json=body)
     data = r.json()
     text = data.get("text_output", "")
-    ok = r.status_code == 200 and data.get("model_name") == model and text.startswith(SEED_PROMPT)
+    ok = r.status_code == 200 and data.get("model_name") == model and text.startswith(prompt)
+    answer = text[len(prompt) :] if text.startswith(prompt) else text
     return {
         "ok": ok,
         "status": r.status_code,
         "model_name": data.get("model_name"),
-        "chars": len(text),
-        "snippet": _snippet(text),
+        "chars": len(answer),
+        "snippet": _snippet(answer),
+        "answer": answer,
         "error": "" if ok else json.dumps(data, ensure_ascii=False)[:300],
     }
 
@@ -72,7 +90,7 @@ def triton_generate(client: httpx.Client, model: str, max_tokens: int) -> dict[s
 def triton_generate_stream(client: httpx.Client, model: str, max_tokens: int) -> dict[str, Any]:
     sampling = {**SEED_SAMPLING, "max_tokens": max_tokens}
     body = {
-        "text_input": SEED_PROMPT,
+        "text_input": chatglm3_prompt(SEED_PROMPT),
         "stream": True,
         "exclude_input_in_output": True,
         "sampling_parameters": json.dumps(sampling),
@@ -87,6 +105,7 @@ def triton_generate_stream(client: httpx.Client, model: str, max_tokens: int) ->
         "status": status,
         "events": len(events),
         "snippet": _snippet(text),
+        "answer": text,
         "error": errors[0] if errors else "",
     }
 
@@ -113,6 +132,7 @@ def chat_stream(client: httpx.Client, model: str, max_tokens: int) -> dict[str, 
         "chunks": len(chunks),
         "model_in_chunks": sorted(n for n in names if n),
         "snippet": _snippet(text),
+        "answer": text,
     }
 
 
@@ -120,7 +140,7 @@ def adapter_changes_output(client: httpx.Client, base: str, adapter: str) -> dic
     """Greedy completions of the same prompt from the base model and from the adapter differ."""
     texts = {}
     for model in (base, adapter):
-        body = {"model": model, "prompt": SEED_PROMPT, "max_tokens": 24, "temperature": 0}
+        body = {"model": model, "prompt": chatglm3_prompt(SEED_PROMPT), "max_tokens": 24, "temperature": 0}
         r = client.post("/v1/completions", json=body)
         r.raise_for_status()
         texts[model] = r.json()["choices"][0]["text"]
@@ -129,7 +149,19 @@ def adapter_changes_output(client: httpx.Client, base: str, adapter: str) -> dic
         "status": 200,
         "base": _snippet(texts[base], 60),
         "adapter": _snippet(texts[adapter], 60),
+        "answers": [texts[base], texts[adapter]],
     }
+
+
+def no_stop_strings(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """No answer of the other checks contains ChatGLM3's stop or role strings (removes the answers)."""
+    answers = 0
+    found: list[str] = []
+    for r in results:
+        texts = r.pop("answers", []) + ([r.pop("answer")] if "answer" in r else [])
+        answers += len(texts)
+        found += [f"{s!r} in {r['check']}" for text in texts for s in STOP_STRINGS if s in text]
+    return {"ok": answers > 0 and not found, "answers": answers, "error": "; ".join(found)}
 
 
 def run_all(
@@ -160,6 +192,12 @@ def run_all(
             results += [f.result() for f in futures]
         finally:  # on a signal, return at once: stopping the servers ends the requests in flight
             pool.shutdown(wait=False, cancel_futures=True)
+        results.append(
+            _timed(
+                f"no answer contains {', '.join(STOP_STRINGS)} (generation stops there)",
+                lambda: no_stop_strings(results),
+            )
+        )
     return results
 
 

@@ -129,10 +129,13 @@ def get_json(url: str) -> Any:
 
 
 def prompts(n: int) -> list[str]:
-    """A fixed prompt set: the contents (``key#value*…``) of generated AdvertiseGen records."""
+    """A fixed prompt set: the contents (``key#value*…``) of generated AdvertiseGen records, each as
+    ChatGLM3's user turn and generation prompt (``checks.chatglm3_prompt``)."""
+    from checks import chatglm3_prompt
+
     from tunelab.recipes import advertisegen_sample
 
-    return [r["content"] for r in advertisegen_sample.generate(n, seed=1)]
+    return [chatglm3_prompt(r["content"]) for r in advertisegen_sample.generate(n, seed=1)]
 
 
 def brief(check: dict[str, Any]) -> str:
@@ -177,7 +180,7 @@ def targets(result: dict[str, Any], engine: str) -> dict[str, bc.Target]:
     out["checks"] = bc.Target(
         "functional checks passed through the gateway",
         ">=",
-        max(len(checks), 6),
+        max(len(checks), 7),
         float(sum(1 for c in checks if c.get("ok"))),
     )
     if engine == "vllm":

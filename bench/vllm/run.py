@@ -5,14 +5,17 @@ against vLLM directly (generation throughput and time to first token at concurre
     python3 bench/vllm/run.py --out DIR                  # on a Linux GPU box with vLLM installed
     .venv/bin/python bench/vllm/run.py --engine embedded  # the same flow on CPU (tunelab's engine)
 
-Steps: (1) a base model: ``--base-model DIR``, or built here (``basemodel.py``: the demo's tokenizer,
-a random ~1B Llama on the GPU; ``--size tiny`` for the demo's model); (2) the adapter: ``--adapter
-DIR``, or a short ``python -m tunelab.recipes.lora`` run on that base; (3) the upstream: vLLM with
-``--enable-lora`` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (or ``python -m tunelab.engine``);
+Steps: (1) a base model: ``--base-model DIR``, or built here (``basemodel.py``: a ChatGLM3 in THUDM's
+on-disk layout, a random ChatGLM3-shaped ~1B made on the GPU or, with ``--size tiny``, the
+walkthrough's stand-in, imported with ``python -m tunelab.recipes.glm import`` into transformers'
+glm); (2) the adapter: ``--adapter DIR``, or a short ``python -m tunelab.recipes.lora`` run on that
+base (LoRA on q/k/v with one shared lora_A: ChatGLM3's query_key_value LoRA); (3) the upstream: vLLM
+with ``--enable-lora`` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (or ``python -m tunelab.engine``);
 (4) ``python -m tunelab.gateway`` and a deployment of base + adapter on that upstream, made through
-the gateway's gRPC API, which loads the adapter; (5) checks: the upstream lists the adapter, and
-through the gateway ``/v1/models``, the seed's Triton ``/generate`` and ``/generate_stream``, a
-streaming chat to the adapter, base and adapter answering differently; (6) the
+the gateway's gRPC API, which loads the adapter; (5) checks, in ChatGLM3's chat format (checks.py):
+the upstream lists the adapter, and through the gateway ``/v1/models``, the seed's Triton
+``/generate`` and ``/generate_stream``, a streaming chat to the adapter, base and adapter answering
+differently, no answer containing ChatGLM3's stop strings; (6) the
 benchmark (``compare.py``: separate rounds for throughput, shared rounds for time to first token, and
 vLLM's own TTFT read around each round; vLLM, gateway and client on disjoint CPUs with 8+); (7) the
 gateway's ``/metrics`` (request and NVML GPU series) and the upstream's. Writes
@@ -70,7 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--upstream-python", help="interpreter for the upstream only (default: --python)")
     g = p.add_argument_group("recipe")
     g.add_argument("--recipe-steps", type=int, default=30)
-    g.add_argument("--recipe-lr", type=float, default=1e-3)
+    g.add_argument(
+        "--recipe-lr",
+        type=float,
+        default=None,
+        help="default 1e-3 for 1b; 2e-2 for tiny, whose pretrained stand-in needs a stronger adapter to "
+        "change its greedy answer within the 30 steps",
+    )
     g.add_argument("--recipe-batch", type=int, default=8)
     g.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE", help="more --set")
     g.add_argument("--fallback-adapter", type=Path, help="use this adapter should the recipe fail")
@@ -113,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--skip-bench", action="store_true")
     args = p.parse_args(argv)
     args.size = args.size or ("1b" if args.engine == "vllm" else "tiny")
+    args.recipe_lr = args.recipe_lr or (1e-3 if args.size == "1b" else 2e-2)
     return args
 
 

@@ -1,10 +1,12 @@
-"""bench/vllm/run.py rehearsed on CPU: the flow its GPU run takes (an adapter from the LoRA recipe,
-the gateway deploying it onto an upstream through its gRPC API, the seed's Triton requests, a
-streaming chat, the metrics, the direct-against-gateway benchmark), with tunelab's embedded engine in
-vLLM's place. Timings on CPU mean nothing here; the flow, the result file and the clean-up do."""
+"""bench/vllm/run.py rehearsed on CPU: the flow its GPU run takes (a ChatGLM3 in THUDM's layout imported
+into transformers' glm, an adapter from the LoRA recipe on it, the gateway deploying it onto an upstream
+through its gRPC API, the seed's Triton requests and a streaming chat in ChatGLM3's chat format, the
+metrics, the direct-against-gateway benchmark), with tunelab's embedded engine in vLLM's place.
+Timings on CPU mean nothing here; the flow, the result file and the clean-up do."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,25 +16,35 @@ from pathlib import Path
 import pytest
 
 import tunelab.recipes.lora
-from tunelab.recipes import advertisegen_sample
 from tunelab.recipes.lora.__main__ import main as recipe_main
-from tunelab.recipes.tinymodel import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "bench" / "vllm" / "run.py"
 LORA_YAML = Path(tunelab.recipes.lora.__file__).parent / "configs" / "lora.yaml"
 
 
+def _basemodel() -> object:
+    spec = importlib.util.spec_from_file_location(
+        "bench_vllm_basemodel", REPO / "bench" / "vllm" / "basemodel.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def base_and_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny ChatGLM3 stand-in in THUDM's layout, imported (bench/vllm/basemodel.py), and an adapter."""
     root = tmp_path_factory.mktemp("vllm-bench-inputs")
-    base = build_tiny_model(root / "base", advertisegen_sample.corpus(), "llama")
-    raw = advertisegen_sample.write_sample(root / "raw", n_train=16, n_dev=2)
-    data = advertisegen_sample.write_conversations(raw, root / "data")
+    base, data = root / "base", root / "data"
+    argv = [str(base), str(data), "--size", "tiny", "--train-rows", "16", "--pretrain-steps", "20"]
+    assert _basemodel().main(argv) == 0  # type: ignore[attr-defined]
+    assert json.loads((base / "config.json").read_text())["model_type"] == "glm"
     overrides = [
         f"training_args.output_dir={root / 'adapter'}",
-        "training_args.max_steps=4",
-        "training_args.learning_rate=5e-3",
+        "training_args.max_steps=10",
+        "training_args.learning_rate=3e-2",
         "training_args.save_strategy=no",
         "data_config.val_file=null",
         "data_config.test_file=null",
@@ -64,7 +76,11 @@ def test_rehearsal_end_to_end(base_and_adapter: tuple[Path, Path], tmp_path: Pat
     assert result["errors"] == []
     assert result["deployment"]["state"] == "STATE_READY"
     failed = [c for c in result["checks"] if not c["ok"]]
-    assert len(result["checks"]) == 6 and not failed, failed
+    assert len(result["checks"]) == 7 and not failed, failed
+    # ChatGLM3's format: the Triton prompt is a user turn, answers never carry a stop string.
+    triton = next(c for c in result["checks"] if c["check"].endswith("/generate (the seed's request)"))
+    assert "answer" not in triton and triton["chars"] > 0, triton
+    assert result["checks"][-1]["answers"] >= 5, result["checks"][-1]
     for level in ("c1", "c4"):
         for side in ("direct", "gateway"):
             stats = result["metrics"]["levels"][level][side]
