@@ -28,8 +28,9 @@ def prompt() -> str:
 
 def chatglm3(text: str) -> str:
     """``text`` as a user turn in ChatGLM3's chat format, for endpoints that take raw text (the
-    tokenizer adds ChatGLM3's ``[gMASK]sop`` prefix itself)."""
-    return f"<|user|>\n {text}<|assistant|>"
+    tokenizer adds ChatGLM3's ``[gMASK]sop`` prefix itself). The newline after ``<|assistant|>`` is
+    the empty metadata line ChatGLM3 writes before a plain answer, as the chat template puts it."""
+    return f"<|user|>\n {text}<|assistant|>\n"
 
 
 def serve(w: Walkthrough, adapter: str) -> dict[str, Any]:
@@ -53,7 +54,8 @@ adapter from {adapter}, loaded by the gateway through the datasets service."""
         f"""
 The seed's request: Triton's generate endpoint, as Triton serves it with its vLLM backend. It
 takes raw text, so the prompt is written in ChatGLM3's chat format (`<|user|>`, a newline and a
-space, the content, `<|assistant|>`; the tokenizer adds the `[gMASK]sop` prefix). Generation stops
+space, the content, `<|assistant|>` and a newline; the tokenizer adds the `[gMASK]sop` prefix),
+exactly the ids the chat template gives the OpenAI request below. Generation stops
 at `</s>`, `<|user|>` or `<|observation|>`. max_tokens is {tokens} instead of the seed's 1024."""
     )
     generate_url = f"{url}/v2/models/{DEPLOYMENT}/generate"
