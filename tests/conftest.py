@@ -12,11 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from support import S3Server, ServiceProcess, free_port
+from support import CHATGLM3_FIXTURE_MISSING, S3Server, ServiceProcess, chatglm3_fixture_dir, free_port
 from tunelab.common.grpc.channel import open_channel
 
 # The environments tests' fixtures live beside them, in a plugin module (one conftest.py fewer).
 pytest_plugins = ["environments.envfixtures"]
+
+
+@pytest.fixture(scope="session")
+def chatglm3_dir() -> Path:
+    """THUDM's chatglm3-6b layout with tiny sizes and THUDM's code (read-only: copy before changing)."""
+    path = chatglm3_fixture_dir()
+    if path is None:
+        pytest.skip(CHATGLM3_FIXTURE_MISSING)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,20 @@ from minio import Minio
 
 from tunelab.common.grpc.channel import open_channel
 
+CHATGLM3_FIXTURE_MISSING = (
+    "the ChatGLM3 fixture (../shared/fixtures/chatglm3-6b-tiny beside the repository, or "
+    "$TUNELAB_CHATGLM3_FIXTURE) is absent: these tests compare against THUDM's own code, which the "
+    "project never copies"
+)
+
+
+def chatglm3_fixture_dir() -> Path | None:
+    """THUDM's chatglm3-6b layout with tiny sizes and THUDM's code (read-only), if it is there."""
+    configured = os.environ.get("TUNELAB_CHATGLM3_FIXTURE")
+    repo = Path(__file__).resolve().parents[1]
+    path = Path(configured) if configured else repo.parent / "shared" / "fixtures" / "chatglm3-6b-tiny"
+    return path if (path / "modeling_chatglm.py").is_file() else None
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -6,13 +6,11 @@ their own code, refused without the deployment's trust_remote_code and served wi
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
-import pytest
 
 from tunelab.gateway.v1 import gateway_pb2 as pb
 
@@ -111,19 +109,10 @@ def test_thudm_chatglm3_layout_points_to_model_import(make_gateway, tmp_path) ->
     assert "THUDM's layout" in d.error and "`tunelab model import NAME --from DATASET`" in d.error
 
 
-def _thudm_fixture() -> Path:
-    configured = os.environ.get("TUNELAB_CHATGLM3_FIXTURE")
-    path = Path(configured) if configured else Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-    path = path if configured else path / "chatglm3-6b-tiny"
-    if not (path / "modeling_chatglm.py").is_file():
-        pytest.skip("the ChatGLM3 fixture (../shared/fixtures/chatglm3-6b-tiny) is absent")
-    return path
-
-
-def test_engine_load_failure_is_one_readable_line(make_gateway) -> None:
+def test_engine_load_failure_is_one_readable_line(make_gateway, chatglm3_dir: Path) -> None:
     """THUDM's own code, trusted, fails to load under transformers 5: the deployment says why in one
     line, without the traceback (which stays in the engine's log)."""
-    base = _thudm_fixture()
+    base = chatglm3_dir
     d = make_gateway().deploy("thudm", embedded("thudm", base, {}, trust_remote_code=True), timeout=180)
     assert d.state == pb.Deployment.STATE_FAILED
     assert "\n" not in d.error and "Traceback" not in d.error, d.error

@@ -1,6 +1,5 @@
 """ChatGLM3 for the recipe tests: the fixture checkpoint imported as transformers' `glm`, and references.
 
-- `chatglm3_fixture_dir()`: THUDM's chatglm3-6b layout with tiny sizes (as tests/glm/conftest.py finds it);
 - `import_chatglm3(src, dst)`: the model imported by `tunelab.recipes.glm` (GlmForCausalLM + fast tokenizer);
 - `thudm_tokenizer(src)`, `thudm_model(src)`, `randomized_copy(src, dst)`: THUDM's own code, through
   tests/glm's loaders;
@@ -11,7 +10,6 @@ THUDM's code is loaded from the fixture, never copied.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,12 +17,6 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def chatglm3_fixture_dir() -> Path | None:
-    configured = os.environ.get("TUNELAB_CHATGLM3_FIXTURE")
-    path = Path(configured) if configured else REPO.parent / "shared" / "fixtures" / "chatglm3-6b-tiny"
-    return path if (path / "modeling_chatglm.py").is_file() else None
 
 
 def _tests_glm(name: str) -> ModuleType:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from chatglm3helpers import chatglm3_fixture_dir, import_chatglm3
+from chatglm3helpers import import_chatglm3
 from recipehelpers import LORA_YAML, write_jsonl
 from tunelab.recipes import advertisegen_sample
 from tunelab.recipes.tinymodel import build_tiny_model
@@ -24,18 +24,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(
         tmp_path_factory.mktemp("models") / "tiny-llama", advertisegen_sample.corpus(), "llama"
     )
-
-
-@pytest.fixture(scope="session")
-def chatglm3_dir() -> Path:
-    """THUDM's chatglm3-6b layout with tiny sizes (read-only), as tests/glm finds it."""
-    path = chatglm3_fixture_dir()
-    if path is None:
-        pytest.skip(
-            "the ChatGLM3 fixture (../shared/fixtures/chatglm3-6b-tiny, or $TUNELAB_CHATGLM3_FIXTURE) "
-            "is absent: these tests compare against THUDM's own code, which the project never copies"
-        )
-    return path
 
 
 @pytest.fixture(scope="session")
