@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunelab.recipes.glm.tokenizer import SPECIAL_TOKENS as SPECIALS
+
 # THUDM's config.json keys, tiny sizes (hidden 64, 2 layers, 4 heads, 2 KV groups of 16 channels).
 THUDM_CONFIG: dict[str, Any] = {
     "_name_or_path": "THUDM/chatglm3-6b",
@@ -68,17 +70,6 @@ THUDM_TOKENIZER_CONFIG: dict[str, Any] = {
     "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
 }
 PIECES = 1200  # sentencepiece pieces; ChatGLM3's 9 special tokens take the next ids
-SPECIALS = (
-    "[MASK]",
-    "[gMASK]",
-    "[sMASK]",
-    "sop",
-    "eop",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|observation|>",
-)
 
 
 def train_tokenizer(lines: list[str], pieces: int = PIECES) -> bytes:

@@ -22,17 +22,8 @@ from pathlib import Path
 
 import torch
 
-SPECIALS = (
-    "[MASK]",
-    "[gMASK]",
-    "[sMASK]",
-    "sop",
-    "eop",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|observation|>",
-)
+from tunelab.recipes.glm.tokenizer import SPECIAL_TOKENS as SPECIALS  # ChatGLM3's 9, in order
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first %}[gMASK]sop{% endif %}"
     "<|{{ message['role'] }}|>\n {{ message['content'] }}{% endfor %}"
