@@ -111,9 +111,10 @@ def test_thudm_chatglm3_layout_points_to_model_import(make_gateway, tmp_path) ->
 
 def test_engine_load_failure_is_one_readable_line(make_gateway, chatglm3_dir: Path) -> None:
     """THUDM's own code, trusted, fails to load under transformers 5: the deployment says why in one
-    line, without the traceback (which stays in the engine's log)."""
+    line, without the traceback (which stays in the engine's log), and to import the checkpoint."""
     base = chatglm3_dir
     d = make_gateway().deploy("thudm", embedded("thudm", base, {}, trust_remote_code=True), timeout=180)
     assert d.state == pb.Deployment.STATE_FAILED
     assert "\n" not in d.error and "Traceback" not in d.error, d.error
     assert f"engine exited with 3: cannot load {base}: AttributeError: " in d.error, d.error
+    assert "`tunelab model import NAME --from DATASET`" in d.error, d.error  # and what to do instead

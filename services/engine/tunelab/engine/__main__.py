@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunelab.engine.app import build_app
     from tunelab.engine.batcher import Batcher
-    from tunelab.engine.model import LoadError, ServedModel
+    from tunelab.engine.model import IMPORT_HINT, LoadError, ServedModel, is_thudm_chatglm
 
     modules = [spec.partition("=") for spec in args.lora_modules]
     for name, sep, _ in modules:
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         # One line that says why (the gateway shows it as the deployment's error); the traceback
         # goes to the log record's own field.
         ours = isinstance(exc, LoadError)
-        log.error("cannot load %s: %s", what, one_line(exc, ours), exc_info=not ours)
+        hint = f" ({IMPORT_HINT})" if not ours and is_thudm_chatglm(args.model) else ""
+        log.error("cannot load %s: %s%s", what, one_line(exc, ours), hint, exc_info=not ours)
         return 3
     model.created = int(time.time())
     batcher = Batcher(model, args.max_batch_size, args.batch_wait_ms / 1000)

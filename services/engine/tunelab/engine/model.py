@@ -63,6 +63,21 @@ def remote_code_files(path: str) -> list[str]:
     return found
 
 
+def is_thudm_chatglm(path: str) -> bool:
+    """Whether ``path`` holds ChatGLM in THUDM's own layout (model_type chatglm, its own code)."""
+    try:
+        data = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("model_type") == "chatglm" and bool(data.get("auto_map"))
+
+
+IMPORT_HINT = (
+    "THUDM's ChatGLM code was written for transformers 4.3x: import the checkpoint once with "
+    "`tunelab model import NAME --from DATASET` and deploy the import, which needs no remote code"
+)
+
+
 class ServedModel:
     def __init__(
         self,
