@@ -16,6 +16,11 @@ code and no sentencepiece, then `verify_tokenizer` checks it against sentencepie
 - the nine specials are special added tokens, matched in text (the chat template needs that), and
   `[gMASK] sop` is prepended when `add_special_tokens=True`, as `ChatGLMTokenizer.encode` does.
 
+A special token's text that is already a piece of the vocabulary (a subword `sop`, say) would take that
+piece's id in a fast tokenizer; such a token is spelled `<sop>` instead (same id, same place in the chat
+template; `TokenizerSummary.spelling` says how each is spelled, and the recipe looks the tokens up among
+the added tokens, where either spelling is found).
+
 Not identical, by construction: ChatGLMTokenizer (and finetune_hf.py, which calls sentencepiece)
 encodes the strings "<|user|>", "[gMASK]", "sop", "</s>", ... as plain text; the fast tokenizer turns
 them into their ids. `sop` and `eop` only match as whole words, so "philosophy" or "people" are safe,
@@ -52,6 +57,7 @@ SPECIAL_TOKENS = (
 )
 ROLES = ("system", "user", "assistant", "observation")  # CHAT_TEMPLATE refuses any other
 
+
 # ChatGLM3's template as THUDM/chatglm3-6b's 2024 tokenizer_config.json has it (`[gMASK]sop` once, then
 # per message `<|role|>` + "\n " + content), with one change for exactness and one to fail loudly.
 # The space after "\n" starts the content's own "▁" word, so the ids are sentencepiece's encode("\n") +
@@ -64,19 +70,28 @@ ROLES = ("system", "user", "assistant", "observation")  # CHAT_TEMPLATE refuses 
 # ids finetune_hf.py trains on: encode("\n") after the role token) and the answer is the content alone.
 # Tool calls are not supported (the recipe refuses `tools`, as finetune_hf.py does). Literal
 # `{{ '...' }}` strings keep transformers' trim_blocks from eating the newlines.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant', 'observation'] -%}"
-    "{{- raise_exception('ChatGLM3 has no role ' ~ message['role'] ~ "
-    "'; use system, user, assistant or observation') -}}"
-    "{%- endif -%}"
-    "{%- if loop.first -%}{{- '[gMASK]sop' -}}{%- endif -%}"
-    "{{- '<|' ~ message['role'] ~ '|>' -}}"
-    "{%- if message['content'] -%}{{- '\\n ' ~ message['content'] -}}"
-    "{%- else -%}{{- '\\n' -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
-)
+def chat_template(spelling: dict[str, str] | None = None) -> str:
+    """ChatGLM3's template with each special token spelled as the tokenizer spells it."""
+    spell = {**{name: name for name in SPECIAL_TOKENS}, **(spelling or {})}
+    roles = "".join(
+        f"{{%- elif message['role'] == '{role}' -%}}{{{{- '{spell[f'<|{role}|>']}' -}}}}" for role in ROLES
+    ).removeprefix("{%- el")
+    return (
+        "{%- for message in messages -%}"
+        "{%- if message['role'] not in ['system', 'user', 'assistant', 'observation'] -%}"
+        "{{- raise_exception('ChatGLM3 has no role ' ~ message['role'] ~ "
+        "'; use system, user, assistant or observation') -}}"
+        "{%- endif -%}"
+        f"{{%- if loop.first -%}}{{{{- '{spell['[gMASK]']}{spell['sop']}' -}}}}{{%- endif -%}}"
+        f"{{%- {roles}{{%- endif -%}}"
+        "{%- if message['content'] -%}{{- '\\n ' ~ message['content'] -}}"
+        "{%- else -%}{{- '\\n' -}}{%- endif -%}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt -%}}{{{{- '{spell['<|assistant|>']}\\n' -}}}}{{%- endif -%}}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
 
 _BPE = 2  # sentencepiece_model.proto: TrainerSpec.ModelType
 _NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6  # ... and ModelProto.SentencePiece.Type
@@ -93,6 +108,7 @@ class TokenizerSummary:
     eos_id: int
     pad_id: int
     stop_ids: tuple[int, ...]  # eos, <|user|>, <|observation|>: ChatGLM3's chat() stops on these
+    spelling: dict[str, str]  # name -> its text in tokenizer.json (the name, or <name> where a piece has it)
 
     @property
     def vocab_size(self) -> int:
@@ -118,7 +134,7 @@ def convert_tokenizer(src: Path, dst: Path, *, model_max_length: int = 8192) -> 
     written = [dst / "tokenizer.json", dst / "tokenizer_config.json"]
     tokenizer.save(str(written[0]))
     written[1].write_text(
-        json.dumps(_tokenizer_config(model_max_length), indent=2, ensure_ascii=False) + "\n"
+        json.dumps(_tokenizer_config(model_max_length, summary.spelling), indent=2, ensure_ascii=False) + "\n"
     )
     try:
         verify_tokenizer(sp_model_file, dst)
@@ -205,10 +221,18 @@ def _check_pieces(proto: Any, path: Path) -> None:
     missing_bytes = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in pieces]
     if missing_bytes:
         raise refuse(f"byte fallback needs all 256 <0xXX> pieces; {missing_bytes[:4]}... are missing")
-    # An added token whose text is already a piece would take that piece's id (tokenizers reuses it).
-    clash = next((name for name in SPECIAL_TOKENS if name in pieces), None)
+    clash = next((name for name in SPECIAL_TOKENS if name in pieces and f"<{name}>" in pieces), None)
     if clash is not None:
-        raise refuse(f"the piece {clash!r} is named like ChatGLM3's special token, which must get its own id")
+        raise refuse(
+            f"pieces {clash!r} and '<{clash}>' both exist; ChatGLM3's special token needs its own text"
+        )
+
+
+def special_spelling(proto: Any) -> dict[str, str]:
+    """Each special token's text: its name, or `<name>` where the name is already a piece (an added
+    token whose text is a piece would take that piece's id in a fast tokenizer)."""
+    pieces = {p.piece for p in proto.pieces}
+    return {name: f"<{name}>" if name in pieces else name for name in SPECIAL_TOKENS}
 
 
 def _build(proto: Any, path: Path) -> tuple[Tokenizer, TokenizerSummary]:
@@ -242,20 +266,22 @@ def _build(proto: Any, path: Path) -> tuple[Tokenizer, TokenizerSummary]:
     # unk and eos first so they keep their vocabulary ids; transformers adds them as special anyway.
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (unk, eos)])
     sp_vocab = len(proto.pieces)
+    spell = special_spelling(proto)
     tokenizer.add_special_tokens(
         [
-            AddedToken(t, special=True, normalized=False, single_word=t in _WHOLE_WORD_ONLY)
+            AddedToken(spell[t], special=True, normalized=False, single_word=spell[t] in _WHOLE_WORD_ONLY)
             for t in SPECIAL_TOKENS
         ]
     )
     ids = {name: sp_vocab + i for i, name in enumerate(SPECIAL_TOKENS)}  # ChatGLMTokenizer's numbering
-    got = {name: tokenizer.token_to_id(name) for name in SPECIAL_TOKENS}
+    got = {name: tokenizer.token_to_id(spell[name]) for name in SPECIAL_TOKENS}
     if got != ids:
         raise CheckpointError(f"{path}: the special tokens got ids {got}, not {ids} as ChatGLM3 numbers them")
+    gmask, sop = spell["[gMASK]"], spell["sop"]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[gMASK]:0 sop:0 $A:0",
-        pair=f"[gMASK]:0 sop:0 $A:0 $B:1 {eos}:1",  # ChatGLMTokenizer.build_inputs_with_special_tokens
-        special_tokens=[("[gMASK]", ids["[gMASK]"]), ("sop", ids["sop"]), (eos, 2)],
+        single=f"{gmask}:0 {sop}:0 $A:0",
+        pair=f"{gmask}:0 {sop}:0 $A:0 $B:1 {eos}:1",  # ChatGLMTokenizer.build_inputs_with_special_tokens
+        special_tokens=[(gmask, ids["[gMASK]"]), (sop, ids["sop"]), (eos, 2)],
     )
     summary = TokenizerSummary(
         sp_vocab_size=sp_vocab,
@@ -263,11 +289,12 @@ def _build(proto: Any, path: Path) -> tuple[Tokenizer, TokenizerSummary]:
         eos_id=2,
         pad_id=0,
         stop_ids=(2, ids["<|user|>"], ids["<|observation|>"]),
+        spelling=spell,
     )
     return tokenizer, summary
 
 
-def _tokenizer_config(model_max_length: int) -> dict[str, Any]:
+def _tokenizer_config(model_max_length: int, spelling: dict[str, str]) -> dict[str, Any]:
     # Keys both transformers 4.56 and 5.x read ("additional_special_tokens" becomes v5's
     # "extra_special_tokens" on load). Pad is unk (id 0) and padding is on the left, as ChatGLM3 has it.
     config: dict[str, Any] = {
@@ -276,10 +303,10 @@ def _tokenizer_config(model_max_length: int) -> dict[str, Any]:
         "eos_token": "</s>",  # id 2
         "pad_token": "<unk>",  # id 0
         "unk_token": "<unk>",
-        "additional_special_tokens": list(SPECIAL_TOKENS),
+        "additional_special_tokens": [spelling[name] for name in SPECIAL_TOKENS],
         "clean_up_tokenization_spaces": False,
         "model_input_names": ["input_ids", "attention_mask"],
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template(spelling),
     }
     if model_max_length > 0:
         config["model_max_length"] = model_max_length
@@ -288,4 +315,4 @@ def _tokenizer_config(model_max_length: int) -> dict[str, Any]:
 
 def verify_tokenizer(sp_model_file: Path, fast_dir: Path) -> None:
     """Refuse (CheckpointError) unless fast_dir's tokenizer encodes the probe text as sentencepiece does."""
-    check_against_sentencepiece(sp_model_file, fast_dir, SPECIAL_TOKENS)
+    check_against_sentencepiece(sp_model_file, fast_dir, special_spelling(_read_model(sp_model_file)))

@@ -12,7 +12,7 @@ takes about 0.45 s on two shared cores, 0.2 s of it transformers loading the fil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +75,17 @@ PROBE_LINES = (
 )
 
 
-def check_against_sentencepiece(sp_model_file: Path, fast_dir: Path, special_tokens: Sequence[str]) -> None:
-    """CheckpointError naming the first differing probe and both id lists, unless everything matches."""
+def check_against_sentencepiece(sp_model_file: Path, fast_dir: Path, spelling: Mapping[str, str]) -> None:
+    """CheckpointError naming the first differing probe and both id lists, unless everything matches.
+    `spelling`: each special token's name -> its text in the fast tokenizer, in ChatGLM3's order."""
     import sentencepiece
     from transformers import AutoTokenizer
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_model_file))
     fast = AutoTokenizer.from_pretrained(str(fast_dir), local_files_only=True)
     where = f"{fast_dir / 'tokenizer.json'} (built from {sp_model_file})"
-    special = {name: sp.get_piece_size() + i for i, name in enumerate(special_tokens)}
-    got_special = {name: fast.convert_tokens_to_ids(name) for name in special_tokens}
+    special = {name: sp.get_piece_size() + i for i, name in enumerate(spelling)}
+    got_special = {name: fast.convert_tokens_to_ids(text) for name, text in spelling.items()}
     if got_special != special:
         raise CheckpointError(
             f"{where} numbers the special tokens {got_special}, ChatGLM3 {special}; refused"

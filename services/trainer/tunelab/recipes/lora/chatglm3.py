@@ -29,9 +29,22 @@ ROLES = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>
 BATCH = 2048  # contents tokenized per call
 
 
+def _special_ids(tokenizer: Any) -> dict[str, int]:
+    """ChatGLM3's special tokens among the tokenizer's added tokens, by name. The import spells one as
+    `<name>` where the vocabulary has a piece `name` (tunelab.recipes.glm.tokenizer); a plain
+    vocabulary lookup of "sop" would then find that piece, so only added tokens count."""
+    added = tokenizer.added_tokens_encoder
+    found = {}
+    for name in (*REQUIRED, *ROLES.values()):
+        for text in (name, f"<{name}>"):
+            if text in added:
+                found[name] = int(added[text])
+                break
+    return found
+
+
 def has_chatglm3_tokens(tokenizer: Any) -> bool:
-    vocab = tokenizer.get_vocab()
-    return all(token in vocab for token in REQUIRED)
+    return all(token in _special_ids(tokenizer) for token in REQUIRED)
 
 
 class ChatGLM3Format:
@@ -40,7 +53,7 @@ class ChatGLM3Format:
     name = NAME
 
     def __init__(self, tokenizer: Any) -> None:
-        vocab = tokenizer.get_vocab()
+        vocab = _special_ids(tokenizer)
         missing = [t for t in REQUIRED if t not in vocab]
         if missing:
             raise ModelError(
