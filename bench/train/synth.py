@@ -19,27 +19,19 @@ text's tokens are the sum of its words'), plus ChatGLM3's 9 format tokens
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 FULL_PIECES = 64789  # ChatGLM3-6B's tokenizer.model
 TINY_PIECES = 1200  # the fixture's tokenizer.model
+sys.path.insert(0, str(REPO / "scripts"))  # as the demo and the e2e test import the stand-in
 
-
-def _standin() -> Any:
-    """scripts/chatglm3_standin.py, imported by path (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "chatglm3_standin", REPO / "scripts" / "chatglm3_standin.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import chatglm3_standin  # noqa: E402
 
 
 class Words:
@@ -64,7 +56,7 @@ def train_tokenizer(words: Words, lines: int = 0) -> bytes:
     """tokenizer.model bytes: the stand-in's sentencepiece trainer on a corpus drawn from `words`."""
     rng = random.Random(1)
     corpus = [" ".join(words.sample(rng, 20)) for _ in range(lines or max(2000, 3 * words.pieces))]
-    model: bytes = _standin().train_tokenizer(corpus, words.pieces)
+    model: bytes = chatglm3_standin.train_tokenizer(corpus, words.pieces)
     return model
 
 

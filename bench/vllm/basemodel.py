@@ -23,7 +23,6 @@ The last line printed is JSON: size, parameters, seconds, and the import's secon
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -31,9 +30,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))  # as the demo and the e2e test import the stand-in
+
+import chatglm3_standin  # noqa: E402
+
 # ChatGLM3's architecture at about 1B parameters (THUDM's config keys).
 ONE_B = {
     "hidden_size": 2048,
@@ -45,17 +47,6 @@ ONE_B = {
     "seq_length": 8192,
     "torch_dtype": "float16",
 }
-
-
-def standin() -> Any:
-    """scripts/chatglm3_standin.py, imported by path (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "chatglm3_standin", REPO / "scripts" / "chatglm3_standin.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_data(data_dir: Path, n_train: int, seed: int = 0) -> Path:
@@ -90,7 +81,7 @@ def build_1b_raw(raw: Path, device: str) -> None:
     from tunelab.recipes.glm.config import glm_config
     from tunelab.recipes.glm.layout import write_chatglm3_layout
 
-    s = standin()
+    s = chatglm3_standin
     partial = raw.with_name(raw.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -147,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         build_1b_raw(raw, device)
     else:
-        standin().build_chatglm3_standin(
+        chatglm3_standin.build_chatglm3_standin(
             raw, args.pretrain_steps, echo=lambda line: print(line, file=sys.stderr)
         )
     built = time.monotonic() - started

@@ -3,14 +3,12 @@ adapters loaded at runtime, a disconnected client's row stopped."""
 
 from __future__ import annotations
 
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
+from support import serve_in_thread
 from tunelab.engine.app import build_app
 from tunelab.engine.batcher import Batcher
 from tunelab.engine.model import ServedModel
@@ -39,17 +37,8 @@ def engine(tiny):
     model = ServedModel(str(base), "tiny")
     batcher = Batcher(model, max_batch_size=8, batch_wait_s=0.05)
     batcher.start()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(model, batcher), port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", model, batcher
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(build_app(model, batcher)) as url:
+        yield url, model, batcher
     batcher.stop()
 
 

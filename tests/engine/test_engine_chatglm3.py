@@ -6,8 +6,6 @@ alone, on a batch-first GLM and on a sequence-first model (ChatGLM3's own layout
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-import uvicorn
 
 from glmtiny import CHAT_TEMPLATE, build_glm, build_lora, build_seqfirst
+from support import serve_in_thread
 from tunelab.engine.app import build_app
 from tunelab.engine.batcher import Batcher, GenRequest
 from tunelab.engine.model import LoadError, ServedModel
@@ -65,17 +63,8 @@ def serve(base: Path, lora: Path, trust_remote_code: bool = False) -> Iterator[E
     # A wide batching window: requests sent together land in one batch.
     batcher = RecordingBatcher(model, max_batch_size=8, batch_wait_s=0.3)
     batcher.start()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(model, batcher), port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield Engine(f"http://127.0.0.1:{port}", model, batcher)
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(build_app(model, batcher)) as url:
+        yield Engine(url, model, batcher)
     batcher.stop()
 
 

@@ -26,39 +26,17 @@ CARRIED = ("README.md", "MODEL_LICENSE", "LICENSE", "LICENSE.txt", "NOTICE")
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
-def read_chatglm_config(src: Path) -> dict[str, Any]:
-    """The source's config.json, if the folder is a ChatGLM checkpoint at all."""
-    if not src.is_dir():
-        raise CheckpointError(f"{src} is not a directory: give the folder of a ChatGLM3 download")
-    path = src / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{path} is missing: not a Hugging Face checkpoint folder (a ChatGLM3 download has "
-            "config.json, tokenizer.model and model weights)"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    if config.get("model_type") != "chatglm":
-        raise CheckpointError(
-            f"{path}: model_type is {config.get('model_type')!r}, not 'chatglm': this command imports "
-            "THUDM's ChatGLM3 checkpoints; a model transformers already implements needs no import"
-        )
-    return config
-
-
 def import_checkpoint(
     src: Path, dst: Path, *, source_ref: str = "", progress: Progress | None = None
 ) -> dict[str, Any]:
     """Convert `src` into `dst` (created, or an existing empty directory); returns the provenance."""
+    from tunelab.recipes.glm.config import glm_config, read_config
     from tunelab.recipes.glm.tokenizer import convert_tokenizer
     from tunelab.recipes.glm.weights import convert_weights
 
     started = time.time()
-    chatglm = read_chatglm_config(src)
+    chatglm = read_config(src)
+    glm_config(chatglm, stop_token_ids=[])  # refuses what can't be imported exactly, before any work
     # A job's output mount starts from the dataset's last version: an earlier import is replaced
     # (the new version holds only this one), anything else is refused rather than overwritten.
     previous = dst.exists() and any(not _bookkeeping(p) for p in dst.iterdir())
