@@ -54,13 +54,47 @@ class EmbeddedUpstream(_message.Message):
     trust_remote_code: bool
     def __init__(self, device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., trust_remote_code: _Optional[bool] = ...) -> None: ...
 
+class WorkloadUpstream(_message.Message):
+    __slots__ = ("runtime", "gpu_count", "environment", "image", "queue", "priority_class", "args", "trust_remote_code", "cpu_millis", "memory_bytes")
+    class Runtime(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RUNTIME_UNSPECIFIED: _ClassVar[WorkloadUpstream.Runtime]
+        RUNTIME_VLLM: _ClassVar[WorkloadUpstream.Runtime]
+        RUNTIME_ENGINE: _ClassVar[WorkloadUpstream.Runtime]
+    RUNTIME_UNSPECIFIED: WorkloadUpstream.Runtime
+    RUNTIME_VLLM: WorkloadUpstream.Runtime
+    RUNTIME_ENGINE: WorkloadUpstream.Runtime
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    GPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_CLASS_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    TRUST_REMOTE_CODE_FIELD_NUMBER: _ClassVar[int]
+    CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    runtime: WorkloadUpstream.Runtime
+    gpu_count: int
+    environment: str
+    image: str
+    queue: str
+    priority_class: str
+    args: _containers.RepeatedScalarFieldContainer[str]
+    trust_remote_code: bool
+    cpu_millis: int
+    memory_bytes: int
+    def __init__(self, runtime: _Optional[_Union[WorkloadUpstream.Runtime, str]] = ..., gpu_count: _Optional[int] = ..., environment: _Optional[str] = ..., image: _Optional[str] = ..., queue: _Optional[str] = ..., priority_class: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., trust_remote_code: _Optional[bool] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+
 class Upstream(_message.Message):
-    __slots__ = ("vllm", "embedded")
+    __slots__ = ("vllm", "embedded", "workload")
     VLLM_FIELD_NUMBER: _ClassVar[int]
     EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     vllm: VllmUpstream
     embedded: EmbeddedUpstream
-    def __init__(self, vllm: _Optional[_Union[VllmUpstream, _Mapping]] = ..., embedded: _Optional[_Union[EmbeddedUpstream, _Mapping]] = ...) -> None: ...
+    workload: WorkloadUpstream
+    def __init__(self, vllm: _Optional[_Union[VllmUpstream, _Mapping]] = ..., embedded: _Optional[_Union[EmbeddedUpstream, _Mapping]] = ..., workload: _Optional[_Union[WorkloadUpstream, _Mapping]] = ...) -> None: ...
 
 class Timeouts(_message.Message):
     __slots__ = ("connect", "first_token", "idle", "total")
@@ -75,20 +109,22 @@ class Timeouts(_message.Message):
     def __init__(self, connect: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., first_token: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("url", "healthy", "models", "error", "in_flight", "last_check_time")
+    __slots__ = ("url", "healthy", "models", "error", "in_flight", "last_check_time", "job")
     URL_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     LAST_CHECK_TIME_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
     url: str
     healthy: bool
     models: _containers.RepeatedScalarFieldContainer[str]
     error: str
     in_flight: int
     last_check_time: _timestamp_pb2.Timestamp
-    def __init__(self, url: _Optional[str] = ..., healthy: _Optional[bool] = ..., models: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., in_flight: _Optional[int] = ..., last_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    job: str
+    def __init__(self, url: _Optional[str] = ..., healthy: _Optional[bool] = ..., models: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., in_flight: _Optional[int] = ..., last_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job: _Optional[str] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("name", "description", "labels", "model_name", "base_model", "adapters", "default_adapter", "upstream", "replicas", "max_in_flight", "timeouts", "state", "error", "replica_statuses", "served_model_names", "create_time", "update_time", "ready_time")

@@ -25,6 +25,12 @@ class RestartPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESTART_POLICY_NEVER: _ClassVar[RestartPolicy]
     RESTART_POLICY_ON_FAILURE: _ClassVar[RestartPolicy]
     RESTART_POLICY_ALWAYS: _ClassVar[RestartPolicy]
+
+class Workload(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKLOAD_UNSPECIFIED: _ClassVar[Workload]
+    WORKLOAD_BATCH: _ClassVar[Workload]
+    WORKLOAD_SERVER: _ClassVar[Workload]
 JOB_TYPE_UNSPECIFIED: JobType
 JOB_TYPE_PYTORCH: JobType
 JOB_TYPE_TENSORFLOW: JobType
@@ -33,6 +39,9 @@ RESTART_POLICY_UNSPECIFIED: RestartPolicy
 RESTART_POLICY_NEVER: RestartPolicy
 RESTART_POLICY_ON_FAILURE: RestartPolicy
 RESTART_POLICY_ALWAYS: RestartPolicy
+WORKLOAD_UNSPECIFIED: Workload
+WORKLOAD_BATCH: Workload
+WORKLOAD_SERVER: Workload
 
 class Resources(_message.Message):
     __slots__ = ("cpu_millis", "memory_bytes", "gpu_count", "other")
@@ -78,7 +87,7 @@ class DatasetMount(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[_Union[DatasetMount.Mode, str]] = ..., resolved_version: _Optional[str] = ..., committed_version: _Optional[str] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("display_name", "type", "image", "priority_class", "priority", "resources", "requests", "workers", "queue", "working_dir", "datasets", "environment", "labels", "annotations", "restart_policy", "backoff_limit", "command", "env_vars", "max_run_duration", "shm_size_bytes", "output_commit_interval", "cancel_grace_period")
+    __slots__ = ("display_name", "type", "image", "priority_class", "priority", "resources", "requests", "workers", "queue", "working_dir", "datasets", "environment", "labels", "annotations", "restart_policy", "backoff_limit", "command", "env_vars", "max_run_duration", "shm_size_bytes", "output_commit_interval", "cancel_grace_period", "workload", "port")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +131,8 @@ class JobSpec(_message.Message):
     SHM_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_COMMIT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     type: JobType
     image: str
@@ -144,7 +155,9 @@ class JobSpec(_message.Message):
     shm_size_bytes: int
     output_commit_interval: _duration_pb2.Duration
     cancel_grace_period: _duration_pb2.Duration
-    def __init__(self, display_name: _Optional[str] = ..., type: _Optional[_Union[JobType, str]] = ..., image: _Optional[str] = ..., priority_class: _Optional[str] = ..., priority: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., requests: _Optional[_Union[Resources, _Mapping]] = ..., workers: _Optional[int] = ..., queue: _Optional[str] = ..., working_dir: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetMount, _Mapping]]] = ..., environment: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[_Union[RestartPolicy, str]] = ..., backoff_limit: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., max_run_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shm_size_bytes: _Optional[int] = ..., output_commit_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cancel_grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    workload: Workload
+    port: int
+    def __init__(self, display_name: _Optional[str] = ..., type: _Optional[_Union[JobType, str]] = ..., image: _Optional[str] = ..., priority_class: _Optional[str] = ..., priority: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., requests: _Optional[_Union[Resources, _Mapping]] = ..., workers: _Optional[int] = ..., queue: _Optional[str] = ..., working_dir: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetMount, _Mapping]]] = ..., environment: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[_Union[RestartPolicy, str]] = ..., backoff_limit: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., max_run_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shm_size_bytes: _Optional[int] = ..., output_commit_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cancel_grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., workload: _Optional[_Union[Workload, str]] = ..., port: _Optional[int] = ...) -> None: ...
 
 class MetricsPoint(_message.Message):
     __slots__ = ("time", "attempt", "step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "samples_per_second", "gpu_memory_bytes", "progress", "eta", "eval_scores", "extra")
@@ -217,7 +230,7 @@ class JobAttempt(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., state: _Optional[_Union[Job.State, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., assigned_gpus: _Optional[_Iterable[str]] = ..., node: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("name", "spec", "state", "phase", "reason", "message", "attempt", "exit_code", "assigned_gpus", "executor", "executor_ref", "node", "queue_position", "latest_metrics", "latest_eval_scores", "attempts", "create_time", "start_time", "end_time", "update_time")
+    __slots__ = ("name", "spec", "state", "phase", "reason", "message", "attempt", "exit_code", "assigned_gpus", "executor", "executor_ref", "node", "queue_position", "latest_metrics", "latest_eval_scores", "attempts", "create_time", "start_time", "end_time", "update_time", "endpoint")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Job.State]
@@ -263,6 +276,7 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: JobSpec
     state: Job.State
@@ -283,7 +297,8 @@ class Job(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[Job.State, str]] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., assigned_gpus: _Optional[_Iterable[str]] = ..., executor: _Optional[str] = ..., executor_ref: _Optional[str] = ..., node: _Optional[str] = ..., queue_position: _Optional[int] = ..., latest_metrics: _Optional[_Union[MetricsPoint, _Mapping]] = ..., latest_eval_scores: _Optional[_Mapping[str, float]] = ..., attempts: _Optional[_Iterable[_Union[JobAttempt, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    endpoint: str
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[Job.State, str]] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., assigned_gpus: _Optional[_Iterable[str]] = ..., executor: _Optional[str] = ..., executor_ref: _Optional[str] = ..., node: _Optional[str] = ..., queue_position: _Optional[int] = ..., latest_metrics: _Optional[_Union[MetricsPoint, _Mapping]] = ..., latest_eval_scores: _Optional[_Mapping[str, float]] = ..., attempts: _Optional[_Iterable[_Union[JobAttempt, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("line_number", "time", "attempt", "worker_index", "stream", "text")
