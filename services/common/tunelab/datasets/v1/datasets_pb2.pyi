@@ -108,7 +108,7 @@ class DatasetSource(_message.Message):
     def __init__(self, version: _Optional[str] = ..., transform: _Optional[str] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("name", "description", "source", "labels", "create_time", "latest_version", "version_count")
+    __slots__ = ("name", "description", "source", "labels", "create_time", "latest_version", "version_count", "display_name")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class Dataset(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     source: Source
@@ -130,7 +131,8 @@ class Dataset(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     latest_version: str
     version_count: int
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[str] = ..., version_count: _Optional[int] = ...) -> None: ...
+    display_name: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[str] = ..., version_count: _Optional[int] = ..., display_name: _Optional[str] = ...) -> None: ...
 
 class DatasetVersion(_message.Message):
     __slots__ = ("name", "state", "progress", "error", "file_count", "size_bytes", "manifest_sha256", "provenance", "create_time", "ready_time")
