@@ -8,6 +8,9 @@
 #   5. each k8s/overlays/* rendered by `kubectl kustomize` and checked by
 #      `kubernetes-validate --strict`, and its custom resources by k8s/validate_crds.py where that
 #      exists (skipped while there is no k8s/overlays)
+#   6. k8s/examples/*.yaml, what the trainer's Kubernetes executor renders for a workload (a vLLM
+#      server), current with the code (scripts/render_workload_example.py --check) and checked by
+#      `kubernetes-validate --strict`
 #
 # Every check runs; the script exits non-zero when any failed, naming them at the end.
 # Extra kubernetes-validate arguments (e.g. a Kubernetes version, or flags for CRDs): the
@@ -70,17 +73,18 @@ else
   echo "    skipped: promtool is not installed (apt-get install prometheus)"
 fi
 
+extra=()
+if [ -n "${KUBERNETES_VALIDATE_ARGS:-}" ]; then
+  read -r -a extra <<<"$KUBERNETES_VALIDATE_ARGS"
+elif [ -f k8s/validate.args ]; then
+  read -r -d '' -a extra < <(sed -e 's/#.*//' k8s/validate.args)
+fi
+
 step "Kubernetes overlays: kubectl kustomize | kubernetes-validate --strict"
 overlays=(k8s/overlays/*/)
 if [ ${#overlays[@]} -eq 0 ]; then
   echo "    skipped: no k8s/overlays/* directory"
 else
-  extra=()
-  if [ -n "${KUBERNETES_VALIDATE_ARGS:-}" ]; then
-    read -r -a extra <<<"$KUBERNETES_VALIDATE_ARGS"
-  elif [ -f k8s/validate.args ]; then
-    read -r -d '' -a extra < <(sed -e 's/#.*//' k8s/validate.args)
-  fi
   # k8s/validate_crds.py (where present) checks the custom resources (Kueue, Kubeflow) that
   # kubernetes-validate has no schema for and only warns about; it takes the same arguments.
   crds=()
@@ -100,6 +104,12 @@ else
     check "overlay ${dir%/}" validate_overlay "$dir"
   done
 fi
+
+step "Workloads the trainer renders (k8s/examples): current with the code, kubernetes-validate --strict"
+check "scripts/render_workload_example.py --check" "$PY" scripts/render_workload_example.py --check
+for f in k8s/examples/*.yaml; do
+  check "kubernetes-validate $f" "$KUBE_VALIDATE" --strict --quiet "${extra[@]}" "$f"
+done
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then

@@ -227,9 +227,10 @@ def test_references_resolve(overlay: tuple[str, str, list[Doc]]) -> None:
         assert not missing, f"{where} refers to {missing}"
 
 
-def test_trainer_role_is_exactly_jobs_pods_services(overlay: tuple[str, str, list[Doc]]) -> None:
+def test_trainer_role_is_exactly_jobs_deployments_pods_services(overlay: tuple[str, str, list[Doc]]) -> None:
     docs = overlay[2]
-    expected = {(g, r, v) for g, r in (("batch", "jobs"), ("", "pods"), ("", "services")) for v in JOB_VERBS}
+    kinds = (("batch", "jobs"), ("apps", "deployments"), ("", "pods"), ("", "services"))
+    expected = {(g, r, v) for g, r in kinds for v in JOB_VERBS}
     expected.add(("", "pods/log", "get"))
     assert rules_of(one(docs, "Role", "trainer")) == expected
     binding = one(docs, "RoleBinding", "trainer")

@@ -155,7 +155,12 @@ def run_container(
     container: Obj, index: int, mounts: dict[str, Path], secrets: dict[tuple[str, str], str], log: Path
 ) -> subprocess.Popen[bytes]:
     """Starts the container's command as a process with its environment: ``mounts`` maps the
-    container's volume paths to folders here (the image's ``tunelab`` is this venv's)."""
+    container's volume paths to folders here, the other volumes go beside ``log`` (the image's
+    ``tunelab`` is this venv's)."""
+    mounts = dict(mounts)
+    for volume in container.get("volumeMounts", []):
+        if "subPath" not in volume:
+            mounts.setdefault(volume["mountPath"], log.parent / f"pod-{volume['name']}")
     env = container_env(container, index, secrets)
     for var, value in list(env.items()):
         for path, local in mounts.items():

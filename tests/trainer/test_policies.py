@@ -3,24 +3,30 @@ the fact."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 
 from jobhelpers import FAILED, SUCCEEDED, log_text, py, rpc_error, spec, wait_for
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
-# Fails on its first run, succeeds on the next (the marker lives in the job's working dir).
-FLAKY = (
-    "import os, sys\n"
-    "if not os.path.exists('ran-once'):\n"
-    "    open('ran-once', 'w').close(); print('first run fails', file=sys.stderr); sys.exit(7)\n"
-    "print('second run works')\n"
-)
+
+def first_fails(marker: Path) -> str:
+    """Fails on its first run, succeeds on the next (``marker`` lives outside the job's working
+    directory, which is new for each attempt)."""
+    return (
+        "import os, sys\n"
+        f"if not os.path.exists({str(marker)!r}):\n"
+        f"    open({str(marker)!r}, 'w').close(); print('first run fails', file=sys.stderr); sys.exit(7)\n"
+        "print('second run works')\n"
+    )
 
 
-def test_on_failure_retries_and_never_does_not(stack) -> None:
+def test_on_failure_retries_and_never_does_not(stack, tmp_path: Path) -> None:
     client = stack.client
-    client.submit(spec(py(FLAKY), restart_policy=pb.RESTART_POLICY_ON_FAILURE), "flaky")
-    client.submit(spec(py(FLAKY), restart_policy=pb.RESTART_POLICY_NEVER), "once")
+    on_failure, never = pb.RESTART_POLICY_ON_FAILURE, pb.RESTART_POLICY_NEVER
+    client.submit(spec(py(first_fails(tmp_path / "flaky")), restart_policy=on_failure), "flaky")
+    client.submit(spec(py(first_fails(tmp_path / "once")), restart_policy=never), "once")
     flaky, once = wait_for(client, "flaky"), wait_for(client, "once")
     assert flaky.state == SUCCEEDED and flaky.attempt == 2
     first, second = flaky.attempts

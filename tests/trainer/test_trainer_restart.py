@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from jobhelpers import FAILED, RUNNING, SUCCEEDED, log_text, py, spec, wait_for, wait_until
 from tunelab.trainer.local import session_members
@@ -28,13 +29,14 @@ def test_a_running_job_is_reattached(trainer_process) -> None:
     assert "re-attached" in proc.log.read_text()
 
 
-def test_a_job_lost_while_the_trainer_was_down_is_retried(trainer_process) -> None:
+def test_a_job_lost_while_the_trainer_was_down_is_retried(trainer_process, tmp_path: Path) -> None:
     proc, stack = trainer_process
     client = stack.client
+    first = str(tmp_path / "first")  # not in the working directory: each attempt gets a new one
     code = (
         "import os, time\n"
-        "if not os.path.exists('first'):\n"
-        "    open('first', 'w').close(); print('first run', flush=True); time.sleep(600)\n"
+        f"if not os.path.exists({first!r}):\n"
+        f"    open({first!r}, 'w').close(); print('first run', flush=True); time.sleep(600)\n"
         "print('second run', flush=True)\n"
     )
     job = client.submit(spec(py(code)), "lost")

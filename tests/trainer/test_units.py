@@ -10,7 +10,8 @@ import pytest
 import typer
 
 from tunelab.cli.agent.command import CommandNotFound, build_argv, resolve
-from tunelab.cli.agent.mounts import MountError, place, snapshot
+from tunelab.cli.agent.mounts import MountError, nested, place, relative, snapshot
+from tunelab.cli.agent.mounts import plan as plan_mounts
 from tunelab.cli.agent.recipemetrics import failure_reason, parse_event, to_point
 from tunelab.cli.commands.jobspec import SubmitFlags, build_spec, cpu_millis, memory_bytes, parse_mount
 from tunelab.common.errors import InvalidArgument, Unimplemented
@@ -92,16 +93,15 @@ def test_normalize_fills_defaults() -> None:
         ({"working_dir": "relative"}, InvalidArgument, "absolute"),
         ({"datasets": [pb.DatasetMount(dataset="datasets/d", path="../up")]}, InvalidArgument, "outside"),
         ({"datasets": [pb.DatasetMount(dataset="datasets/d", path="/etc/x")]}, InvalidArgument, "outside"),
-        ({"datasets": [pb.DatasetMount(dataset="datasets/d", path=".")]}, InvalidArgument, "outside"),
         (
             {
                 "datasets": [
                     pb.DatasetMount(dataset="datasets/a", path="d"),
-                    pb.DatasetMount(dataset="datasets/b", path="d/e"),
+                    pb.DatasetMount(dataset="datasets/b", path="/srv/w/d/"),
                 ]
             },
             InvalidArgument,
-            "overlap",
+            "datasets/a and datasets/b are both at /srv/w/d",
         ),
         ({"env_vars": {"CUDA_VISIBLE_DEVICES": "0"}}, InvalidArgument, "set by the scheduler"),
     ],
@@ -131,7 +131,7 @@ def test_seed_flags_build_the_spec() -> None:
     spec = build_spec(flags)
     assert spec.resources == pb.Resources(cpu_millis=8000, memory_bytes=16 * 2**30, gpu_count=1)
     assert [(m.dataset, m.path) for m in spec.datasets] == [
-        ("datasets/AdvertiseGen", "data/AdvertiseGen"),
+        ("datasets/advertisegen", "data/AdvertiseGen"),  # names are read without regard to case
         ("datasets/output/versions/3", "output"),
     ]
     assert spec.priority_class == "baize-high-priority" and spec.queue == "queues/default"
@@ -161,11 +161,36 @@ def test_quantities() -> None:
 def test_mount_paths_stay_inside_the_working_dir(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    assert place(work, "data/train") == work / "data" / "train"
-    (work / "link").symlink_to(tmp_path)  # a link inside pointing outside
-    for bad in ("../x", "/etc", "link/escaped", "."):
+    inside = [relative("/w", p) for p in ("data/train", ".", "/w", "/w/a/../b")]
+    assert inside == ["data/train", ".", ".", "b"]
+    for bad in ("../x", "/etc", "/w2"):
         with pytest.raises(MountError, match="outside the working directory"):
-            place(work, bad)
+            relative("/w", bad)
+    assert place(work, "data/train") == work / "data" / "train" and place(work, ".") == work
+    (work / "link").symlink_to(tmp_path)  # a link inside pointing outside
+    with pytest.raises(MountError, match="outside the working directory"):
+        place(work, "link/escaped")
+
+
+def test_mounts_nest_parents_first() -> None:
+    """As a pod's volumes: the code at the working dir, data and output inside it, in any order."""
+    spec = pb.JobSpec(
+        command=["python", "finetune_hf.py"],
+        working_dir="/home/u/ChatGLM3",
+        datasets=[
+            pb.DatasetMount(
+                dataset="datasets/out", path="finetune_demo/output", mode=pb.DatasetMount.MODE_OUTPUT
+            ),
+            pb.DatasetMount(dataset="datasets/data", path="/home/u/ChatGLM3/finetune_demo/data/AdvertiseGen"),
+            pb.DatasetMount(dataset="datasets/code", path="/home/u/ChatGLM3"),
+        ],
+    )
+    normalize("j", spec, DEFAULTS)  # accepted
+    mounts = plan_mounts(spec, Path("/stage/tree"))
+    assert [m.rel for m in mounts] == [".", "finetune_demo/output", "finetune_demo/data/AdvertiseGen"]
+    assert mounts[0].path == Path("/stage/tree") and mounts[2].inside(mounts[0])
+    assert nested(mounts[0], mounts) == ["finetune_demo/output", "finetune_demo/data/AdvertiseGen"]
+    assert nested(mounts[1], mounts) == [] and len({m.key for m in mounts}) == 3
 
 
 def test_torchrun_wraps_multi_process_commands(tmp_path: Path) -> None:

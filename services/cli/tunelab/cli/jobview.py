@@ -41,6 +41,13 @@ def gpus(job: Any) -> str:
     return str(n) if n else "-"
 
 
+def workload(job: Any) -> str:
+    """``batch`` or ``server`` (a spec that says neither is a batch job)."""
+    from tunelab.trainer.v1 import trainer_pb2 as pb
+
+    return "server" if job.spec.workload == pb.WORKLOAD_SERVER else "batch"
+
+
 def detail(job: Any) -> str:
     """State's detail: the phase while it runs, queue position while queued, else the reason."""
     state = job_state(job)
@@ -58,6 +65,7 @@ def detail(job: Any) -> str:
 COLUMNS["tunelab.trainer.v1.Job"] = [
     ("NAME", lambda j: short(j.name)),
     ("STATE", job_state),
+    ("KIND", workload),
     ("PRIORITY", lambda j: j.spec.priority_class or j.spec.priority),
     ("QUEUE", lambda j: short(j.spec.queue)),
     ("GPUS", gpus),
@@ -65,6 +73,7 @@ COLUMNS["tunelab.trainer.v1.Job"] = [
     ("AGE", lambda j: age(j.create_time)),
     ("DURATION", duration),
     ("DETAIL", detail),
+    ("ENDPOINT", lambda j: j.endpoint or "-"),
     ("COMMAND", lambda j: shlex.join(j.spec.command)[:60]),
 ]
 
@@ -115,6 +124,11 @@ def describe(job: pb.Job) -> str:
     ]
     if job.message:
         lines.append(f"Message:     {job.message}")
+    if workload(job) == "server":
+        port = f"port {s.port}" if s.port else "a port the executor picks"
+        lines.append(f"Workload:    server on {port}, endpoint {job.endpoint or '- (not running)'}")
+    else:
+        lines.append("Workload:    batch")
     lines += [
         f"Phase:       {job.phase or '-'}",
         f"Priority:    {s.priority_class or '-'} ({s.priority})",

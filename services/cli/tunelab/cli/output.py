@@ -76,6 +76,13 @@ def short_version(name: str) -> str:
     return f"{parts[1]}@{parts[3]}" if len(parts) == 4 else name
 
 
+def dataset_label(dataset: Any) -> str:
+    """``advertisegen``, or ``advertisegen (AdvertiseGen)`` for one created with another spelling."""
+    ident = str(dataset.name).removeprefix("datasets/")
+    spelling = str(dataset.display_name)
+    return f"{ident} ({spelling})" if spelling and spelling != ident else ident
+
+
 def state_name(version: Any) -> str:
     return str(version.State.Name(version.state)).removeprefix("STATE_")
 
@@ -111,7 +118,7 @@ def version_detail(v: Any) -> str:
 Column = tuple[str, Callable[[Any], object]]
 COLUMNS: dict[str, list[Column]] = {
     "tunelab.datasets.v1.Dataset": [
-        ("NAME", lambda d: d.name.removeprefix("datasets/")),
+        ("NAME", dataset_label),
         ("SOURCE", lambda d: source_summary(d.source)),
         ("LATEST", lambda d: short_version(d.latest_version) if d.latest_version else "-"),
         ("VERSIONS", lambda d: d.version_count),

@@ -54,6 +54,7 @@ def dataset_to_pb(rec: DatasetRecord) -> pb.Dataset:
         create_time=timestamp(rec.create_time),
         latest_version=f"datasets/{rec.id}/versions/{rec.latest_version}" if rec.latest_version else "",
         version_count=rec.version_count,
+        display_name=rec.display_name or rec.id,
     )
 
 

@@ -13,79 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    Engine,
-    Float,
-    ForeignKeyConstraint,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tunelab.common.errors import AlreadyExists, NotFound
-
-metadata = MetaData()
-
-datasets_t = Table(
-    "datasets",
-    metadata,
-    Column("id", String(63), primary_key=True),
-    Column("description", Text, nullable=False, default=""),
-    Column("source", Text, nullable=False),
-    Column("labels", Text, nullable=False, default="{}"),
-    Column("create_time", Float, nullable=False),
-    Column("next_version", Integer, nullable=False, default=1),
-)
-
-versions_t = Table(
-    "versions",
-    metadata,
-    Column("dataset_id", String(63), primary_key=True),
-    Column("number", Integer, primary_key=True),
-    Column("state", String(16), nullable=False),
-    Column("error", Text, nullable=False, default=""),
-    Column("progress", Text, nullable=False, default="{}"),
-    Column("file_count", Integer, nullable=False, default=0),
-    Column("size_bytes", Integer, nullable=False, default=0),
-    Column("manifest_digest", String(64), nullable=False, default=""),
-    Column("provenance", Text, nullable=False, default="{}"),
-    Column("create_time", Float, nullable=False),
-    Column("ready_time", Float, nullable=True),
-    Column("revision", Integer, nullable=False, default=0),
-    ForeignKeyConstraint(["dataset_id"], ["datasets.id"], ondelete="CASCADE"),
-)
-
-# Manifests of versions being uploaded by clients, until CommitDatasetVersion writes them out.
-uploads_t = Table(
-    "uploads",
-    metadata,
-    Column("dataset_id", String(63), primary_key=True),
-    Column("number", Integer, primary_key=True),
-    Column("manifest", Text, nullable=False),
-    ForeignKeyConstraint(
-        ["dataset_id", "number"], ["versions.dataset_id", "versions.number"], ondelete="CASCADE"
-    ),
-)
-
-# Blobs this service has stored or seen in the store: answers "what is missing" without a request
-# per blob. Garbage collection keeps it in step with the store.
-blobs_t = Table(
-    "blobs",
-    metadata,
-    Column("sha256", String(64), primary_key=True),
-    Column("size", Integer, nullable=False),
-    Column("verified", Boolean, nullable=False, default=True),
-)
+from tunelab.common.names import did_you_mean
+from tunelab.datasets.tables import blobs_t, datasets_t, uploads_t, versions_t
 
 
 class VersionDeleted(NotFound):
@@ -105,6 +38,7 @@ class DatasetRecord:
     create_time: float
     latest_version: int | None = None
     version_count: int = 0
+    display_name: str = ""  # the spelling it was created with; "" or the id when it is the id
 
 
 @dataclass(frozen=True)
@@ -166,6 +100,7 @@ class Registry:
                         labels=json.dumps(rec.labels),
                         create_time=rec.create_time,
                         next_version=1,
+                        display_name=rec.display_name if rec.display_name != rec.id else "",
                     )
                 )
         except IntegrityError:
@@ -178,8 +113,16 @@ class Registry:
         with self.engine.connect() as db:
             row = db.execute(select(datasets_t).where(datasets_t.c.id == dataset_id)).first()
             if row is None:
-                raise NotFound(f"dataset {dataset_id!r} does not exist (see `tunelab dataset ls`)")
+                raise self._missing(db, dataset_id)
             return self._dataset(db, row)
+
+    def _missing(self, db: Any, dataset_id: str) -> NotFound:
+        """NotFound for ``dataset_id``, with the closest existing names when there are some."""
+        known = [r[0] for r in db.execute(select(datasets_t.c.id))]
+        return NotFound(
+            f"dataset {dataset_id!r} does not exist{did_you_mean(dataset_id, known)} "
+            "(see `tunelab dataset ls`)"
+        )
 
     def _dataset(self, db: Any, row: Any) -> DatasetRecord:
         m = row._mapping
@@ -199,6 +142,7 @@ class Registry:
             create_time=m["create_time"],
             latest_version=latest,
             version_count=int(count or 0),
+            display_name=m["display_name"] or m["id"],
         )
 
     def list_datasets(self, after: str, limit: int) -> list[DatasetRecord]:
@@ -218,8 +162,8 @@ class Registry:
             db.execute(delete(uploads_t).where(uploads_t.c.dataset_id == dataset_id))
             db.execute(delete(versions_t).where(versions_t.c.dataset_id == dataset_id))
             gone = db.execute(delete(datasets_t).where(datasets_t.c.id == dataset_id)).rowcount
-        if not gone:
-            raise NotFound(f"dataset {dataset_id!r} does not exist")
+            if not gone:
+                raise self._missing(db, dataset_id)
         self._notify()
         return numbers
 
@@ -233,7 +177,7 @@ class Registry:
                 select(datasets_t.c.next_version).where(datasets_t.c.id == dataset_id).with_for_update()
             ).scalar()
             if number is None:
-                raise NotFound(f"dataset {dataset_id!r} does not exist")
+                raise self._missing(db, dataset_id)
             db.execute(
                 update(datasets_t).where(datasets_t.c.id == dataset_id).values(next_version=number + 1)
             )

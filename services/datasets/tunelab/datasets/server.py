@@ -6,17 +6,19 @@ from tunelab.common.grpc.server import GrpcServer, Registration
 from tunelab.common.state import open_database
 from tunelab.common.storage.blobs import BlobStore
 from tunelab.common.storage.objectstore import open_store
-from tunelab.datasets.registry import Registry, metadata
+from tunelab.datasets.registry import Registry
 from tunelab.datasets.servicer import DatasetServicer
 from tunelab.datasets.settings import DatasetSettings
 from tunelab.datasets.sources.spec import FetchPolicy
 from tunelab.datasets.store import DatasetStore
+from tunelab.datasets.tables import metadata, upgrade
 from tunelab.datasets.v1 import datasets_pb2, datasets_pb2_grpc
 
 
 def build_store(settings: DatasetSettings) -> DatasetStore:
     data_dir = settings.data_dir / "datasets"
     engine = open_database(settings.state_url, data_dir / "state.sqlite", metadata)
+    upgrade(engine)
     store = open_store(settings)
     if hasattr(store, "ensure_bucket"):
         store.ensure_bucket()

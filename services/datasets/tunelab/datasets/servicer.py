@@ -21,9 +21,10 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def CreateDataset(
         self, request: pb.CreateDatasetRequest, context: grpc.ServicerContext
     ) -> pb.CreateDatasetResponse:
-        source = convert.source_from_pb(request.dataset.source)
+        d = request.dataset
+        source = convert.source_from_pb(d.source)
         ds, _ = self.store.create_dataset(
-            request.dataset_id, source, request.dataset.description, dict(request.dataset.labels)
+            request.dataset_id, source, d.description, dict(d.labels), d.display_name
         )
         return pb.CreateDatasetResponse(dataset=convert.dataset_to_pb(ds))
 
@@ -121,8 +122,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def TransformDataset(
         self, request: pb.TransformDatasetRequest, context: grpc.ServicerContext
     ) -> pb.TransformDatasetResponse:
-        target = parse_name(request.target, "datasets", "target")
-        version = self.store.transform(request.source_version, request.transform, target)
+        version = self.store.transform(request.source_version, request.transform, request.target)
         return pb.TransformDatasetResponse(version=convert.version_to_pb(version))
 
     def GarbageCollectBlobs(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from tunelab.common.names import check_id
+from tunelab.common.names import check_id, fold, parse_version, split_name
 from tunelab.common.storage.blobs import BlobCache, BlobStore, StoreSource
 from tunelab.common.storage.hashing import HashCache
 from tunelab.common.storage.manifest import FileEntry, Manifest
@@ -42,19 +42,7 @@ def manifest_key(dataset_id: str, number: int) -> str:
 
 def parse_version_name(name: str) -> tuple[str, int | None]:
     """``datasets/x/versions/3`` (or ``latest``), ``x@3``, ``x@latest`` or ``x`` → (id, number|None)."""
-    if name.startswith("datasets/"):
-        parts = name.split("/")
-        if len(parts) != 4 or parts[2] != "versions":
-            raise InvalidArgument(f"{name!r} is not a datasets/{{id}}/versions/{{n}} name")
-        ident, ver = parts[1], parts[3]
-    else:
-        ident, _, ver = name.partition("@")
-    check_id(ident, "dataset")
-    if ver in ("", "latest"):
-        return ident, None
-    if not ver.isdigit() or int(ver) < 1:
-        raise InvalidArgument(f"{name!r}: version must be a positive number or 'latest'")
-    return ident, int(ver)
+    return parse_version(name, "datasets", "dataset")
 
 
 @dataclass
@@ -94,15 +82,30 @@ class DatasetStore:
 
     # -- datasets ---------------------------------------------------------------------------
     def create_dataset(
-        self, dataset_id: str, source: SourceSpec, description: str = "", labels: dict[str, str] | None = None
+        self,
+        dataset_id: str,
+        source: SourceSpec,
+        description: str = "",
+        labels: dict[str, str] | None = None,
+        display_name: str = "",
     ) -> tuple[DatasetRecord, VersionRecord | None]:
-        check_id(dataset_id, "dataset_id")
+        """``dataset_id`` as written (``AdvertiseGen``): stored lower-case, its spelling kept as the
+        display name unless ``display_name`` gives another spelling of it."""
+        ident = check_id(dataset_id, "dataset_id")
+        spelling = display_name or dataset_id
+        if fold(spelling) != ident:
+            raise InvalidArgument(
+                f"dataset.display_name {display_name!r} must spell the name {ident!r} "
+                "(the same letters, in any case)"
+            )
         if isinstance(source, DerivedSpec):
             raise InvalidArgument("source: derived datasets are made with TransformDataset")
         rec = self.registry.create_dataset(
-            DatasetRecord(dataset_id, description, spec_to_dict(source), labels or {}, time.time())
+            DatasetRecord(
+                ident, description, spec_to_dict(source), labels or {}, time.time(), display_name=spelling
+            )
         )
-        version = self.sync(dataset_id) if source.kind in FETCHED else None
+        version = self.sync(ident) if source.kind in FETCHED else None
         return self.registry.get_dataset(rec.id), version
 
     def get_dataset(self, dataset_id: str) -> DatasetRecord:
@@ -114,7 +117,8 @@ class DatasetStore:
         return items, (items[-1].id if len(items) == size else "")
 
     def delete_dataset(self, dataset_id: str) -> None:
-        numbers = self.registry.delete_dataset(check_id(dataset_id, "dataset"))
+        dataset_id = check_id(dataset_id, "dataset")
+        numbers = self.registry.delete_dataset(dataset_id)
         for n in numbers:
             self.blobs.store.delete(manifest_key(dataset_id, n))
         shutil.rmtree(self.work_dir / "staging" / dataset_id, ignore_errors=True)
@@ -126,10 +130,10 @@ class DatasetStore:
         spec = spec_from_dict(ds.source)
         if spec.kind not in FETCHED:
             raise FailedPrecondition(
-                f"dataset {dataset_id!r} has a {spec.kind!r} source: its versions come from "
+                f"dataset {ds.id!r} has a {spec.kind!r} source: its versions come from "
                 "`tunelab dataset push` (upload) or job outputs, not from sync"
             )
-        version = self.registry.new_version(dataset_id, "PENDING")
+        version = self.registry.new_version(ds.id, "PENDING")
         self.syncs.submit(version)
         return version
 
@@ -228,12 +232,12 @@ class DatasetStore:
         ds = self.get_dataset(dataset_id)
         if ds.source.get("kind") not in ("upload", "empty"):
             raise FailedPrecondition(
-                f"dataset {dataset_id!r} has a {ds.source.get('kind')!r} source, which the service fetches "
+                f"dataset {ds.id!r} has a {ds.source.get('kind')!r} source, which the service fetches "
                 "itself; push content only into 'upload' or 'empty' datasets"
             )
         manifest = Manifest(files, source=dict(provenance))
-        version = self.registry.new_version(dataset_id, "UPLOADING", provenance)
-        self.registry.save_upload(dataset_id, version.number, manifest.to_json().decode())
+        version = self.registry.new_version(ds.id, "UPLOADING", provenance)
+        self.registry.save_upload(ds.id, version.number, manifest.to_json().decode())
         unique = manifest.unique_blobs()
         known = self.registry.known_blobs(list(unique))
         unknown = [sha for sha in unique if sha not in known]
@@ -279,21 +283,24 @@ class DatasetStore:
         return self.blobs.iter_chunks(sha256)
 
     # -- transforms and garbage collection -------------------------------------------------
-    def transform(self, source_name: str, transform: str, target_id: str) -> VersionRecord:
+    def transform(self, source_name: str, transform: str, target: str) -> VersionRecord:
+        """A new version of ``target`` (``datasets/X`` or ``X``, created if missing, spelled as
+        written) made by ``transform`` from the version ``source_name``."""
         fn = TRANSFORMS.get(transform)
         if fn is None:
             raise InvalidArgument(
                 f"transform: unknown {transform!r}; available: {', '.join(sorted(TRANSFORMS))}"
             )
         source_version, manifest = self.manifest(source_name)
-        check_id(target_id, "target")
+        target_id, spelling = split_name(target, "datasets", "target")
         try:
             self.registry.get_dataset(target_id)
         except NotFound:
             spec = DerivedSpec(version=source_version.name, transform=transform)
+            description = f"{transform} of {source_version.name}"
             self.registry.create_dataset(
                 DatasetRecord(
-                    target_id, f"{transform} of {source_version.name}", spec_to_dict(spec), {}, time.time()
+                    target_id, description, spec_to_dict(spec), {}, time.time(), display_name=spelling
                 )
             )
         version = self.registry.new_version(

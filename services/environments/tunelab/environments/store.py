@@ -64,7 +64,7 @@ class EnvironmentStore:
         labels: dict[str, str] | None = None,
         replace: bool = False,
     ) -> EnvView:
-        check_id(env_id, "environment_id")
+        env_id = check_id(env_id, "environment_id")
         validate(spec, self.allow_unsafe)
         python = self.uv.find_python(spec.python_version)
         rec = EnvRecord(

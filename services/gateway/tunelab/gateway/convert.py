@@ -35,6 +35,10 @@ WRITABLE = (
 )
 
 
+RUNTIMES = {"vllm": pb.WorkloadUpstream.RUNTIME_VLLM, "engine": pb.WorkloadUpstream.RUNTIME_ENGINE}
+RUNTIME_NAMES = {value: name for name, value in RUNTIMES.items()}
+
+
 def source_from_pb(msg: pb.ModelSource) -> ModelSource:
     return ModelSource(msg.dataset_version, msg.path, msg.subpath)
 
@@ -74,13 +78,43 @@ def upstream_from_pb(msg: pb.Upstream) -> UpstreamSpec:
             max_batch_size=e.max_batch_size,
             trust_remote_code=e.trust_remote_code,
         )
-    raise InvalidArgument("deployment.upstream: set vllm (with base_urls) or embedded")
+    if kind == "workload":
+        w = msg.workload
+        return UpstreamSpec(
+            "workload",
+            trust_remote_code=w.trust_remote_code,
+            runtime=RUNTIME_NAMES.get(w.runtime, ""),
+            gpu_count=w.gpu_count,
+            environment=w.environment,
+            image=w.image,
+            queue=w.queue,
+            priority_class=w.priority_class,
+            args=tuple(w.args),
+            cpu_millis=w.cpu_millis,
+            memory_bytes=w.memory_bytes,
+        )
+    raise InvalidArgument("deployment.upstream: set vllm (with base_urls), embedded or workload")
 
 
 def upstream_to_pb(up: UpstreamSpec) -> pb.Upstream:
     """The upstream without its api_key (write-only)."""
     if up.kind == "vllm":
         return pb.Upstream(vllm=pb.VllmUpstream(base_urls=up.base_urls, model_dir=up.model_dir))
+    if up.kind == "workload":
+        return pb.Upstream(
+            workload=pb.WorkloadUpstream(
+                runtime=RUNTIMES.get(up.runtime, pb.WorkloadUpstream.RUNTIME_UNSPECIFIED),
+                gpu_count=up.gpu_count,
+                environment=up.environment,
+                image=up.image,
+                queue=up.queue,
+                priority_class=up.priority_class,
+                args=up.args,
+                trust_remote_code=up.trust_remote_code,
+                cpu_millis=up.cpu_millis,
+                memory_bytes=up.memory_bytes,
+            )
+        )
     return pb.Upstream(
         embedded=pb.EmbeddedUpstream(
             device=up.device,
@@ -139,6 +173,7 @@ def replica_to_pb(r: ReplicaStatus, in_flight: int) -> pb.ReplicaStatus:
         error=r.error,
         in_flight=in_flight,
         last_check_time=timestamp(r.last_check_time),
+        job=r.job,
     )
 
 

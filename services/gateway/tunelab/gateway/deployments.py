@@ -1,28 +1,34 @@
 """Deployments: create, change, delete and watch them; load them in the background; check their
 replicas; publish the route table the HTTP side reads.
 
-Threads: loads run on a small pool, health checks on one loop thread; every change of a
-deployment bumps its revision and wakes watchers. The HTTP event loop never waits on this class:
-it only reads the route table this class publishes to the :class:`Router`.
+Threads: loads run on a small pool (one load of a deployment at a time), health checks on one
+loop thread; every change of a deployment bumps its revision and wakes watchers. The HTTP event
+loop never waits on this class: it only reads the route table this class publishes to the
+:class:`Router`.
+
+A FAILED deployment serves nothing and holds none of its names: another deployment may take them
+(the FAILED one then stays FAILED until it is updated with free names or deleted).
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tunelab.common.errors import NotFound, TunelabError
 from tunelab.gateway.loading import Loader, Replicas, load_error
 from tunelab.gateway.metrics import GatewayMetrics
 from tunelab.gateway.registry import Registry
-from tunelab.gateway.routing import PhaseTimeouts, Route, Router, RouteTable
+from tunelab.gateway.routing import PhaseTimeouts, Route, Router, RouteTable, deployment_routes
 from tunelab.gateway.specs import ROUTABLE, Deployment, DeploymentSpec, DeploymentStatus, ReplicaStatus
 from tunelab.gateway.validation import check_spec
+from tunelab.gateway.workloads import WorkloadFailed
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ class _Runtime:
     replicas: Replicas | None = None
     revision: int = 0
     generation: int = 0  # bumped by every (re)load; a stale load's result is dropped
+    loading: threading.Lock = field(default_factory=threading.Lock)  # one load at a time
 
     def view(self) -> Deployment:
         return Deployment(self.spec, self.status, self.revision)
@@ -57,17 +64,29 @@ class DeploymentManager:
         self.health_interval_s, self.drain_timeout_s = health_interval_s, drain_timeout_s
         self._runtimes: dict[str, _Runtime] = {}
         self._changed = threading.Condition(threading.RLock())
-        self._loads = ThreadPoolExecutor(2, thread_name_prefix="deploy-load")
+        # Workload loads wait for the trainer's queue: enough threads that those do not hold up the rest.
+        self._loads = ThreadPoolExecutor(8, thread_name_prefix="deploy-load")
         self._stop = threading.Event()
         self._health = threading.Thread(target=self._health_loop, name="deploy-health", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         """Reloads the deployments stored by an earlier run and starts the health checks."""
-        for stored in self.registry.deployments():
-            status = DeploymentStatus("PENDING", "", (), stored.create_time, time.time(), stored.ready_time)
-            self._runtimes[stored.spec.id] = rt = _Runtime(stored.spec, status)
+        stored = self.registry.deployments()
+        # Deployments that were serving first: a FAILED one whose names another took stays FAILED.
+        for s in sorted(stored, key=lambda s: s.state == "FAILED"):
+            serving = [r.spec for r in self._runtimes.values() if r.status.state != "FAILED"]
+            clash = next((o for o in serving if set(o.served_names()) & set(s.spec.served_names())), None)
+            now = time.time()
+            if clash is not None:
+                error = f"{s.error} (its names are now served by deployment {clash.id!r})"
+                status = DeploymentStatus("FAILED", error, (), s.create_time, now, s.ready_time)
+                self._runtimes[s.spec.id] = _Runtime(s.spec, status)
+                continue
+            status = DeploymentStatus("PENDING", "", (), s.create_time, now, s.ready_time)
+            self._runtimes[s.spec.id] = rt = _Runtime(s.spec, status)
             self._submit_load(rt)
+        self._loads.submit(self._quietly, self.loader.sweep, {s.spec.id for s in stored})
         self._health.start()
 
     def close(self) -> None:
@@ -83,7 +102,7 @@ class DeploymentManager:
     # -- the API ------------------------------------------------------------------------------
     def create(self, spec: DeploymentSpec) -> Deployment:
         with self._changed:
-            spec = check_spec(spec, [r.spec for r in self._runtimes.values()])
+            spec = check_spec(spec, self._serving())
             now = time.time()
             self.registry.add_deployment(spec, now)
             rt = self._runtimes[spec.id] = _Runtime(spec, DeploymentStatus("PENDING", "", (), now, now))
@@ -105,10 +124,9 @@ class DeploymentManager:
         """Replaces the spec (already merged with the update mask) and reloads the deployment."""
         with self._changed:
             rt = self._runtime(spec.id)
-            others = [r.spec for r in self._runtimes.values() if r.spec.id != spec.id]
-            spec = check_spec(spec, others)
-            old, rt.spec = rt.replicas, spec
-            rt.replicas = None
+            spec = check_spec(spec, self._serving(but=spec.id))
+            old = (rt.spec, rt.replicas)
+            rt.spec, rt.replicas = spec, None
             self._set(rt, "PENDING", "", ())
             self._submit_load(rt, stop_first=old)
             return rt.view()
@@ -124,6 +142,7 @@ class DeploymentManager:
             time.sleep(0.05)
         if rt.replicas is not None:
             self.loader.unload(rt.spec, rt.replicas)
+        self._quietly(self.loader.release, rt.spec)  # a load racing this one releases too
         with self._changed:
             self.registry.remove_deployment(deployment_id)
             del self._runtimes[deployment_id]
@@ -152,6 +171,23 @@ class DeploymentManager:
             yield view
 
     # -- internals ----------------------------------------------------------------------------
+    def _serving(self, but: str = "") -> builtins.list[DeploymentSpec]:
+        """The deployments holding their names: all but the FAILED ones (and ``but``)."""
+        return [r.spec for r in self._runtimes.values() if r.status.state != "FAILED" and r.spec.id != but]
+
+    def _gone(self, rt: _Runtime) -> bool:
+        return rt.status.state == "DELETING" or self._runtimes.get(rt.spec.id) is not rt
+
+    @staticmethod
+    def _quietly(fn: Callable[..., None], *args: Any) -> None:
+        """Cleanup that must not fail what called it (the trainer may be away): logged instead."""
+        try:
+            fn(*args)
+        except TunelabError as exc:
+            log.warning("%s: %s", getattr(fn, "__name__", "cleanup"), exc.message)
+        except Exception:
+            log.exception("%s failed", getattr(fn, "__name__", "cleanup"))
+
     def _runtime(self, deployment_id: str) -> _Runtime:
         rt = self._runtimes.get(deployment_id)
         if rt is None:
@@ -171,21 +207,48 @@ class DeploymentManager:
         self._changed.notify_all()
         self._publish()
 
-    def _submit_load(self, rt: _Runtime, stop_first: Replicas | None = None) -> None:
+    def _submit_load(
+        self, rt: _Runtime, stop_first: tuple[DeploymentSpec, Replicas | None] | None = None
+    ) -> None:
         rt.generation += 1
         self._loads.submit(self._load, rt, rt.generation, rt.spec, stop_first)
 
-    def _load(self, rt: _Runtime, generation: int, spec: DeploymentSpec, stop_first: Replicas | None) -> None:
-        if stop_first is not None:
-            self.loader.unload(spec, stop_first)
+    def _load(
+        self,
+        rt: _Runtime,
+        generation: int,
+        spec: DeploymentSpec,
+        stop_first: tuple[DeploymentSpec, Replicas | None] | None,
+    ) -> None:
+        with rt.loading:
+            if stop_first is not None:
+                old_spec, old = stop_first
+                if old is not None:
+                    self.loader.unload(old_spec, old)
+                if spec.upstream.kind != "workload":
+                    self._quietly(self.loader.release, old_spec)
+            self._load_current(rt, generation, spec)
+
+    def _load_current(self, rt: _Runtime, generation: int, spec: DeploymentSpec) -> None:
         with self._changed:
             if rt.generation != generation:
                 return
             self._set(rt, "LOADING", "", ())
+
+        def cancelled() -> bool:
+            return self._stop.is_set() or rt.generation != generation
+
+        replicas = None
         try:
             spec, replicas = self.loader.load(spec)
-            statuses = self.loader.wait_ready(spec, replicas)
+            statuses = self.loader.wait_ready(
+                spec, replicas, cancelled, lambda s: self._progress(rt, generation, s)
+            )
         except Exception as exc:
+            if self._stop.is_set():  # the gateway is stopping: the next start loads it again
+                if replicas is not None:
+                    self.loader.unload(spec, replicas)
+                return
             log.warning(
                 "deployment %s failed to load: %s",
                 rt.spec.id,
@@ -193,19 +256,49 @@ class DeploymentManager:
                 exc_info=not isinstance(exc, OSError | TunelabError),  # those say all there is
             )
             with self._changed:
-                if rt.generation == generation:
+                current = rt.generation == generation
+                if current:
                     self._set(rt, "FAILED", load_error(exc), ())
+            if replicas is not None:
+                self.loader.unload(spec, replicas)
+            self._after_load(rt, spec, current, failed=True)
+            return
+        if self._stop.is_set():  # cut short, not failed: a workload's jobs are reused at the next start
+            self.loader.unload(spec, replicas)
             return
         with self._changed:
-            if rt.generation != generation:
-                self.loader.unload(spec, replicas)
+            current = rt.generation == generation
+            if current:
+                rt.spec, rt.replicas = spec, replicas
+                self._apply_health(rt, tuple(statuses), initial=True)
+        if not current:
+            self.loader.unload(spec, replicas)
+        self._after_load(rt, spec, current, failed=rt.status.state == "FAILED")
+
+    def _after_load(self, rt: _Runtime, spec: DeploymentSpec, current: bool, failed: bool) -> None:
+        """A FAILED load cancels its replica jobs (kept for their logs); a load that lost the race
+        with a delete removes the jobs it may have submitted after the delete looked for them (an
+        update's own load keeps or replaces them)."""
+        with self._changed:
+            gone = self._gone(rt)
+        if current and failed:
+            self._quietly(self.loader.failed, spec)
+        elif not current and gone:
+            self._quietly(self.loader.release, spec)
+
+    def _progress(self, rt: _Runtime, generation: int, statuses: builtins.list[ReplicaStatus]) -> None:
+        """Replica statuses while a load waits (a workload's jobs queued, starting, loading)."""
+        with self._changed:
+            if rt.generation != generation or rt.status.state != "LOADING":
                 return
-            rt.spec, rt.replicas = spec, replicas
-            self._apply_health(rt, tuple(statuses), initial=True)
+            if [(s.url, s.healthy, s.error, s.job) for s in statuses] != [
+                (s.url, s.healthy, s.error, s.job) for s in rt.status.replicas
+            ]:
+                self._set(rt, "LOADING", "", tuple(statuses))
 
     def _apply_health(self, rt: _Runtime, statuses: tuple[ReplicaStatus, ...], initial: bool = False) -> None:
         healthy = [s for s in statuses if s.healthy]
-        errors = "; ".join(f"{s.url}: {s.error}" for s in statuses if not s.healthy)
+        errors = "; ".join(f"{s.url or s.job}: {s.error}" for s in statuses if not s.healthy)
         if len(healthy) == len(statuses):
             state, error = "READY", ""
         elif healthy or not initial:
@@ -235,7 +328,16 @@ class DeploymentManager:
             for rt, generation in todo:
                 if rt.replicas is None:
                     continue
-                statuses = tuple(self.loader.check(rt.spec, rt.replicas, url) for url in rt.replicas.urls)
+                try:
+                    statuses = tuple(self.loader.check_all(rt.spec, rt.replicas))
+                except WorkloadFailed as exc:
+                    with self._changed:
+                        if rt.generation != generation:
+                            continue
+                        log.warning("deployment %s failed: %s", rt.spec.id, exc.message)
+                        self._set(rt, "FAILED", exc.message, ())
+                    self._quietly(self.loader.failed, rt.spec)
+                    continue
                 with self._changed:
                     if rt.generation == generation and rt.status.state in ("READY", "DEGRADED"):
                         self._apply_health(rt, statuses)
@@ -248,28 +350,7 @@ class DeploymentManager:
             if status.state == "DELETING":
                 continue
             ready[spec.id] = status.state in ("READY", "DEGRADED") and any(r.healthy for r in status.replicas)
-            if status.state not in ROUTABLE or rt.replicas is None:
-                continue
-            t = spec.timeouts
-            base = rt.replicas.base_name or spec.model_name
-            common: dict[str, Any] = dict(
-                deployment=spec.id,
-                urls=tuple(rt.replicas.urls),
-                healthy=frozenset(s.url for s in status.replicas if s.healthy),
-                state=status.state,
-                max_in_flight=spec.max_in_flight or self.max_in_flight,
-                timeouts=PhaseTimeouts(
-                    t.connect or self.timeouts.connect,
-                    t.first_token or self.timeouts.first_token,
-                    t.idle or self.timeouts.idle,
-                    t.total or self.timeouts.total,
-                ),
-                api_key=spec.upstream.api_key,
-                created=int(status.create_time),
-            )
-            routes[spec.model_name] = Route(
-                model=spec.model_name, upstream_model=spec.default_adapter or base, **common
-            )
-            for a in spec.adapters:
-                routes[a.name] = Route(model=a.name, upstream_model=a.name, parent=spec.model_name, **common)
+            if status.state in ROUTABLE and rt.replicas is not None:
+                urls, base = tuple(rt.replicas.urls), rt.replicas.base_name
+                routes.update(deployment_routes(spec, status, urls, base, self.timeouts, self.max_in_flight))
         self.router.publish(RouteTable(routes, ready))

@@ -40,21 +40,26 @@ class EngineProcess:
                 self.proc.wait()
 
     def failure(self, lines: int = 40) -> str:
-        """Why the engine exited, as one line: the message of its last error record (the engine
-        logs a load failure as one JSON line, its traceback in a field of its own), else the last
-        line it wrote (a Python traceback's last line names the exception)."""
+        """Why the engine exited, as one line (see ``failure_line``)."""
         try:
             tail = self.log.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
             return ""
-        for line in reversed(tail):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("level") in ("error", "critical"):
-                return _one_line(str(record.get("message", "")))
-        return _one_line(next((line for line in reversed(tail) if line.strip()), ""))
+        return failure_line(tail)
+
+
+def failure_line(tail: list[str]) -> str:
+    """Why a server exited, from the last lines it wrote, as one line: the message of its last error
+    record (the engine logs a load failure as one JSON line, its traceback in a field of its own),
+    else the last line (a Python traceback's last line names the exception)."""
+    for line in reversed(tail):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("level") in ("error", "critical"):
+            return _one_line(str(record.get("message", "")))
+    return _one_line(next((line for line in reversed(tail) if line.strip()), ""))
 
 
 def _one_line(text: str, limit: int = 500) -> str:

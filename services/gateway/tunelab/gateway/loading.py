@@ -1,21 +1,24 @@
 """Bringing a deployment's replicas up and checking them: materialize weights, start embedded
-engines or find the vLLM servers, load LoRA adapters, and tell healthy from not (``/health`` 200
-and every served name listed by ``/v1/models``)."""
+engines, find the vLLM servers or have the trainer run workload replicas (``workloads.py``), load
+LoRA adapters, and tell healthy from not (``/health`` 200 and every served name listed by
+``/v1/models``)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tunelab.common.errors import FailedPrecondition, TunelabError
+from tunelab.common.errors import FailedPrecondition, TunelabError, Unavailable
 from tunelab.gateway.engines import EngineLauncher, EngineProcess
-from tunelab.gateway.modelcheck import check_remote_code
+from tunelab.gateway.modelcheck import check_model_dir
 from tunelab.gateway.models import ModelFetcher
 from tunelab.gateway.specs import Adapter, DeploymentSpec, ReplicaStatus
 from tunelab.gateway.upstream.control import ReplicaClient, ServedModel
+from tunelab.gateway.workloads import Workloads, source_ref
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ class Replicas:
     base_candidates: set[str]  # names or paths the replicas may list the base model under
     adapter_paths: dict[str, str]  # adapter name → path as the replica sees it
     engines: list[EngineProcess] = field(default_factory=list)
+    jobs: list[str] = field(default_factory=list)  # workload: the job of each replica, as ``urls``
+    notes: list[str] = field(default_factory=list)  # workload: why a replica has no URL (yet)
     base_name: str = ""  # the base model's name on the replicas, once seen
     _clients: dict[str, ReplicaClient] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -41,6 +46,12 @@ class Replicas:
             if client is None:
                 client = self._clients[url] = ReplicaClient(url, api_key, timeout_s=timeout_s)
             return client
+
+    def drop_client(self, url: str) -> None:
+        with self._lock:
+            client = self._clients.pop(url, None)
+        if client is not None:
+            client.close()
 
     def close_clients(self) -> None:
         with self._lock:
@@ -56,15 +67,30 @@ class Loader:
         launcher: EngineLauncher,
         load_timeout_s: float,
         health_timeout_s: float = 5.0,
+        workloads: Workloads | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.launcher = launcher
         self.load_timeout_s = load_timeout_s
         self.health_timeout_s = health_timeout_s
+        self._workloads = workloads
+
+    @property
+    def workloads(self) -> Workloads:
+        if self._workloads is None:
+            raise FailedPrecondition("this gateway has no trainer to run workload replicas on")
+        return self._workloads
 
     def load(self, spec: DeploymentSpec) -> tuple[DeploymentSpec, Replicas]:
         """Materializes weights and starts or finds the replicas; returns the spec with resolved
         dataset versions. Does not wait for health (see ``wait_ready``)."""
+        if spec.upstream.kind == "workload":
+            started = self.workloads.start(spec)
+            n = len(started.jobs)
+            base = {spec.model_name, started.files.base}
+            return started.spec, Replicas(
+                [""] * n, base, dict(started.files.adapters), jobs=started.jobs, notes=["submitted"] * n
+            )
         base_path, base_version = self.fetcher.resolve(spec.base)
         adapters, paths = [], {}
         for a in spec.adapters:
@@ -76,7 +102,8 @@ class Loader:
         )
         up = spec.upstream
         if up.kind == "embedded":
-            check_remote_code(base_path, spec.base.dataset_version or spec.base.path, up.trust_remote_code)
+            ref = source_ref(spec.base, base_version)
+            check_model_dir(base_path, ref, up.trust_remote_code, "upstream.embedded.trust_remote_code")
             engines = [
                 self.launcher.start(f"{spec.id}-{i}", base_path, spec.model_name, paths, up)
                 for i in range(max(1, spec.replicas))
@@ -98,9 +125,19 @@ class Loader:
                 pass
         return str(local)
 
-    def wait_ready(self, spec: DeploymentSpec, replicas: Replicas) -> list[ReplicaStatus]:
+    def wait_ready(
+        self,
+        spec: DeploymentSpec,
+        replicas: Replicas,
+        cancelled: Callable[[], bool] = lambda: False,
+        progress: Callable[[list[ReplicaStatus]], None] = lambda _: None,
+    ) -> list[ReplicaStatus]:
         """Checks every replica: vLLM servers (running already) once; embedded engines until all are
-        healthy, one has exited, or the load timeout. The health loop takes over from there."""
+        healthy, one has exited, or the load timeout; workload replicas until all are healthy, one's
+        job has ended (WorkloadFailed), or the load timeout counted from when every job runs (time
+        in the trainer's queue does not count). The health loop takes over from there."""
+        if replicas.jobs:
+            return self._wait_jobs(spec, replicas, cancelled, progress)
         deadline = time.monotonic() + self.load_timeout_s
         while True:
             statuses = [self.check(spec, replicas, url) for url in replicas.urls]
@@ -110,9 +147,56 @@ class Loader:
                 or not replicas.engines
                 or exited
                 or time.monotonic() > deadline
+                or cancelled()
             ):
                 return statuses
             time.sleep(0.5)
+
+    def _wait_jobs(
+        self,
+        spec: DeploymentSpec,
+        replicas: Replicas,
+        cancelled: Callable[[], bool],
+        progress: Callable[[list[ReplicaStatus]], None],
+    ) -> list[ReplicaStatus]:
+        deadline: float | None = None
+        while True:
+            statuses = self.check_all(spec, replicas)
+            if all(s.healthy for s in statuses) or cancelled():
+                return statuses
+            if all(replicas.urls):
+                deadline = deadline or time.monotonic() + self.load_timeout_s
+                if time.monotonic() > deadline:
+                    return statuses
+            else:
+                deadline = None
+            progress(statuses)
+            time.sleep(1.0)
+
+    def check_all(self, spec: DeploymentSpec, replicas: Replicas) -> list[ReplicaStatus]:
+        """Every replica's status; workload replicas first follow their jobs to their endpoints
+        (WorkloadFailed when a job has ended)."""
+        if not replicas.jobs:
+            return [self.check(spec, replicas, url) for url in replicas.urls]
+        try:
+            views = self.workloads.follow(replicas.jobs)
+        except Unavailable as exc:  # the trainer is away: the replicas may well serve on
+            log.warning("deployment %s: cannot read its replica jobs: %s", spec.id, exc.message)
+        else:
+            for i, view in enumerate(views):
+                if replicas.urls[i] and replicas.urls[i] != view.url:
+                    log.info(
+                        "deployment %s: replica %s moved from %s", spec.id, replicas.jobs[i], replicas.urls[i]
+                    )
+                    replicas.drop_client(replicas.urls[i])
+                replicas.urls[i], replicas.notes[i] = view.url, view.note
+        now = time.time()
+        return [
+            replace(self.check(spec, replicas, url), job=job)
+            if url
+            else ReplicaStatus("", False, error=note, last_check_time=now, job=job)
+            for url, job, note in zip(list(replicas.urls), replicas.jobs, replicas.notes, strict=True)
+        ]
 
     def check(self, spec: DeploymentSpec, replicas: Replicas, url: str) -> ReplicaStatus:
         engine = next((e for e in replicas.engines if e.url == url), None)
@@ -176,7 +260,28 @@ class Loader:
             log.info("loaded adapter %s into %s", name, client.base_url)
         return None
 
+    def release(self, spec: DeploymentSpec) -> None:
+        """A deleted (or no longer workload) deployment: cancels and deletes its replica jobs."""
+        if spec.upstream.kind == "workload":
+            self.workloads.stop(spec.id)
+
+    def failed(self, spec: DeploymentSpec) -> None:
+        """A FAILED deployment: cancels the replica jobs that still run (kept for their logs)."""
+        if spec.upstream.kind == "workload":
+            self.workloads.cancel(spec.id)
+
+    def sweep(self, known: set[str]) -> None:
+        """Removes the replica jobs of deployments that no longer exist (after a restart)."""
+        if self._workloads is None:
+            return
+        try:
+            self._workloads.sweep(known)
+        except Unavailable as exc:  # no trainer here: fine unless workloads were deployed
+            log.info("did not look for replica jobs of deleted deployments: %s", exc.message)
+
     def unload(self, spec: DeploymentSpec, replicas: Replicas, grace_s: float = 10.0) -> None:
+        """Stops what ``replicas`` runs here (engines, vLLM adapters, clients); a workload's jobs
+        belong to the deployment, not to one load of it (see ``release``)."""
         for engine in replicas.engines:
             engine.stop(grace_s)
         try:

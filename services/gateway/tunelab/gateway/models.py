@@ -7,6 +7,7 @@ cached by ``tunelab.common.storage`` (the same cache and atomic materialize the 
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -15,13 +16,15 @@ import grpc
 from tunelab.common.errors import InvalidArgument, NotFound, Unavailable
 from tunelab.common.grpc.channel import open_channel
 from tunelab.common.storage.blobs import BlobCache
-from tunelab.common.storage.manifest import check_relative_path
+from tunelab.common.storage.manifest import Manifest, check_relative_path
 from tunelab.common.storage.materialize import materialize
 from tunelab.common.storage.remote import RemoteDatasets
 from tunelab.datasets.v1 import datasets_pb2_grpc
 from tunelab.gateway.specs import ModelSource
 
 log = logging.getLogger(__name__)
+
+SMALL_FILE_BYTES = 1 << 20  # config.json, adapter_config.json: read whole, never a weight file
 
 
 def version_name(ref: str) -> str:
@@ -45,12 +48,8 @@ class ModelFetcher:
             self._channel = open_channel(self.datasets_addr, self.token)
         return datasets_pb2_grpc.DatasetServiceStub(self._channel)
 
-    def resolve(self, source: ModelSource) -> tuple[Path, str]:
-        if source.path:
-            path = Path(source.path)
-            return (path / check_relative_path(source.subpath, "subpath") if source.subpath else path), ""
-        stub = self._stub()
-        remote = RemoteDatasets(stub, timeout_s=60)
+    def _manifest(self, source: ModelSource) -> tuple[RemoteDatasets, str, Manifest]:
+        remote = RemoteDatasets(self._stub(), timeout_s=60)
         try:
             resolved, manifest = remote.manifest(version_name(source.dataset_version))
         except grpc.RpcError as exc:
@@ -61,6 +60,42 @@ class ModelFetcher:
                 f"cannot list {source.dataset_version} on the datasets service at {self.datasets_addr}: "
                 f"{exc.details()} (set TUNELAB_DATASETS_ADDR)"  # type: ignore[attr-defined]
             ) from None
+        return remote, resolved, manifest
+
+    def inspect(self, source: ModelSource, names: tuple[str, ...]) -> tuple[str, dict[str, bytes]]:
+        """(resolved version, the contents of those of ``names`` the source has in its directory),
+        without materializing it: for weights a workload mounts itself. A ``path`` source is read
+        where this process sees it (nothing when it does not: the workload may)."""
+        if source.path:
+            root = Path(source.path) / (
+                check_relative_path(source.subpath, "subpath") if source.subpath else ""
+            )
+            found = {}
+            for name in names:
+                try:
+                    found[name] = (root / name).read_bytes()[:SMALL_FILE_BYTES]
+                except OSError:
+                    pass
+            return "", found
+        remote, resolved, manifest = self._manifest(source)
+        prefix = f"{check_relative_path(source.subpath, 'subpath')}/" if source.subpath else ""
+        if prefix and not any(f.path.startswith(prefix) for f in manifest.files):
+            raise NotFound(f"{resolved} has no directory {source.subpath!r}")
+        files = {f.path: f for f in manifest.files}
+        found = {}
+        for name in names:
+            entry = files.get(prefix + name)
+            if entry is not None and entry.size <= SMALL_FILE_BYTES:
+                buf = io.BytesIO()
+                remote.fetch(entry.sha256, entry.size, buf)
+                found[name] = buf.getvalue()
+        return resolved, found
+
+    def resolve(self, source: ModelSource) -> tuple[Path, str]:
+        if source.path:
+            path = Path(source.path)
+            return (path / check_relative_path(source.subpath, "subpath") if source.subpath else path), ""
+        remote, resolved, manifest = self._manifest(source)
         _, dataset, _, number = resolved.split("/")
         target = self.root / dataset / number
         result = materialize(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from tunelab.common.errors import NotFound
 from tunelab.gateway.errors import ModelNotReady, Overloaded
+from tunelab.gateway.specs import DeploymentSpec, DeploymentStatus
 from tunelab.gateway.upstream.http1 import Http1Pool
 
 
@@ -51,6 +52,45 @@ class RouteTable:
 
     def get(self, model: str) -> Route | None:
         return self.routes.get(model)
+
+
+def deployment_routes(
+    spec: DeploymentSpec,
+    status: DeploymentStatus,
+    urls: tuple[str, ...],
+    base_name: str,
+    defaults: PhaseTimeouts,
+    max_in_flight: int,
+) -> dict[str, Route]:
+    """The routes of one routable deployment: its model name (the default adapter, else the base as
+    the replicas name it) and each adapter by its own name."""
+    t = spec.timeouts
+    timeouts = PhaseTimeouts(
+        t.connect or defaults.connect,
+        t.first_token or defaults.first_token,
+        t.idle or defaults.idle,
+        t.total or defaults.total,
+    )
+
+    def route(model: str, upstream_model: str, parent: str = "") -> Route:
+        return Route(
+            model=model,
+            deployment=spec.id,
+            upstream_model=upstream_model,
+            urls=urls,
+            healthy=frozenset(s.url for s in status.replicas if s.healthy),
+            state=status.state,
+            max_in_flight=spec.max_in_flight or max_in_flight,
+            timeouts=timeouts,
+            api_key=spec.upstream.api_key,
+            created=int(status.create_time),
+            parent=parent,
+        )
+
+    routes = {spec.model_name: route(spec.model_name, spec.default_adapter or base_name or spec.model_name)}
+    for a in spec.adapters:
+        routes[a.name] = route(a.name, a.name, parent=spec.model_name)
+    return routes
 
 
 class Replica:

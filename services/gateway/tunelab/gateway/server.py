@@ -3,6 +3,7 @@ keys) + HTTP server (the front door) + the domain objects they share."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from tunelab.gateway.engines import EngineLauncher
 from tunelab.gateway.frontdoor import FrontDoor, Limits
 from tunelab.gateway.gpu import GpuCollector
 from tunelab.gateway.http_server import HttpServer
+from tunelab.gateway.jobs import TrainerJobs
 from tunelab.gateway.loading import Loader
 from tunelab.gateway.metrics import GatewayMetrics
 from tunelab.gateway.models import ModelFetcher
@@ -25,6 +27,7 @@ from tunelab.gateway.routing import PhaseTimeouts, Router
 from tunelab.gateway.servicer import GatewayServicer
 from tunelab.gateway.settings import GatewaySettings
 from tunelab.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tunelab.gateway.workloads import Workloads
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Gateway:
     router: Router
     gpu: GpuCollector
     fetcher: ModelFetcher
+    jobs: TrainerJobs
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -63,9 +67,19 @@ class Gateway:
         self.keys.flush_usage()
         self.gpu.stop()
         self.fetcher.close()
+        self.jobs.close()
 
     def stop(self, grace_s: float = 1.0) -> None:
         self.grpc.stop(grace_s)  # calls close()
+
+
+def workload_owner(settings: GatewaySettings) -> str:
+    """The label value of this gateway's replica jobs: set, or a digest of where its state is kept
+    (gateways that share their deployments share it)."""
+    if settings.workload_owner:
+        return settings.workload_owner
+    where = settings.state_url or str((settings.data_dir / "gateway" / "state.sqlite").resolve())
+    return "gw-" + hashlib.sha256(where.encode()).hexdigest()[:12]
 
 
 def build_gateway(settings: GatewaySettings) -> Gateway:
@@ -79,8 +93,12 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     keys = ApiKeys(registry)
     token = settings.auth_token.get_secret_value()
     fetcher = ModelFetcher(settings.datasets_addr, token, data_dir / "models")
+    jobs = TrainerJobs(settings.trainer_addr, token)
     loader = Loader(
-        fetcher, EngineLauncher(settings.engine_python, data_dir / "logs"), settings.load_timeout_s
+        fetcher,
+        EngineLauncher(settings.engine_python, data_dir / "logs"),
+        settings.load_timeout_s,
+        workloads=Workloads(jobs, fetcher, workload_owner(settings)),
     )
     timeouts = PhaseTimeouts(
         settings.connect_timeout_s,
@@ -132,5 +150,5 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         metrics_port=settings.metrics_port or None,
         on_stop=lambda: gateway.close(),
     )
-    gateway = Gateway(grpc_server, http, deployments, keys, router, gpu, fetcher)
+    gateway = Gateway(grpc_server, http, deployments, keys, router, gpu, fetcher, jobs)
     return gateway

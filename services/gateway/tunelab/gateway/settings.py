@@ -24,6 +24,17 @@ class GatewaySettings(ServiceSettings):
         default=f"127.0.0.1:{DEFAULT_PORTS['datasets']}",
         description="host:port of the datasets service, for models given as dataset versions.",
     )
+    trainer_addr: str = Field(
+        default=f"127.0.0.1:{DEFAULT_PORTS['trainer']}",
+        description="host:port of the trainer, which runs workload replicas (vLLM or the engine as "
+        "server jobs); reached with TUNELAB_AUTH_TOKEN, as the datasets service is.",
+    )
+    workload_owner: str = Field(
+        default="",
+        description="Label value (tunelab.dev/gateway) marking the trainer jobs this gateway runs, so "
+        "that it finds them after a restart and leaves other gateways' alone; empty: derived from where "
+        "its state is kept. Gateways sharing one trainer and one state database share it.",
+    )
     api_key_auth: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="API keys on the generate, OpenAI and Triton routes: on, off, or auto (on when "

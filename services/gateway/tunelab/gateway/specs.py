@@ -30,9 +30,15 @@ class Adapter:
     source: ModelSource
 
 
+# Runtimes of a workload upstream: the server command a replica job runs.
+RUNTIMES = ("vllm", "engine")
+
+
 @dataclass(frozen=True)
 class UpstreamSpec:
-    """``kind`` is "vllm" (``base_urls`` started elsewhere) or "embedded" (engines we start)."""
+    """``kind`` is "vllm" (``base_urls`` started elsewhere), "embedded" (engines we start) or
+    "workload" (servers the trainer runs as jobs, one per replica: ``runtime`` and the fields
+    after it)."""
 
     kind: str
     base_urls: tuple[str, ...] = ()
@@ -41,7 +47,16 @@ class UpstreamSpec:
     device: str = ""
     dtype: str = ""
     max_batch_size: int = 0
-    trust_remote_code: bool = False  # embedded: run code shipped in the model directory
+    trust_remote_code: bool = False  # embedded, workload: run code shipped in the model directory
+    runtime: str = ""  # workload: "vllm" or "engine"
+    gpu_count: int = 0  # per replica; 0: 1 for vLLM, none for the engine
+    environment: str = ""  # "environments/x" with the runtime installed
+    image: str = ""
+    queue: str = ""  # "queues/x"
+    priority_class: str = ""  # empty: "high"
+    args: tuple[str, ...] = ()  # appended to the runtime's command line
+    cpu_millis: int = 0
+    memory_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,7 @@ class DeploymentSpec:
     def from_dict(cls, data: dict[str, Any]) -> DeploymentSpec:
         up = dict(data["upstream"])
         up["base_urls"] = tuple(up.get("base_urls", ()))
+        up["args"] = tuple(up.get("args", ()))
         return cls(
             **{
                 **data,
@@ -107,6 +123,7 @@ class ReplicaStatus:
     error: str = ""
     in_flight: int = 0
     last_check_time: float | None = None
+    job: str = ""  # workload: the trainer job running this replica ("jobs/x")
 
 
 @dataclass(frozen=True)

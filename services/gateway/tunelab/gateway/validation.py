@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from tunelab.common.errors import AlreadyExists, InvalidArgument
-from tunelab.common.names import check_id
-from tunelab.gateway.specs import DeploymentSpec, ModelSource
+from tunelab.common.names import check_id, parse_name
+from tunelab.gateway.specs import RUNTIMES, DeploymentSpec, ModelSource, UpstreamSpec
 
 # Model names appear in URL paths (/v2/models/{name}/generate): no '/'.
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -32,10 +33,29 @@ def check_source(source: ModelSource, what: str) -> None:
         )
 
 
+def check_workload(up: UpstreamSpec) -> UpstreamSpec:
+    """The workload upstream with its references written out (``environments/x``, ``queues/x``)."""
+    what = "deployment.upstream.workload"
+    if up.runtime not in RUNTIMES:
+        raise InvalidArgument(f"{what}.runtime: set RUNTIME_VLLM or RUNTIME_ENGINE")
+    if min(up.gpu_count, up.cpu_millis, up.memory_bytes) < 0:
+        raise InvalidArgument(f"{what}: gpu_count, cpu_millis and memory_bytes must not be negative")
+    if any(not arg for arg in up.args):
+        raise InvalidArgument(f"{what}.args: an argument is empty")
+    env = (
+        up.environment and f"environments/{parse_name(up.environment, 'environments', f'{what}.environment')}"
+    )
+    queue = up.queue and f"queues/{parse_name(up.queue, 'queues', f'{what}.queue')}"
+    return replace(up, environment=env, queue=queue)
+
+
 def check_spec(spec: DeploymentSpec, others: list[DeploymentSpec]) -> DeploymentSpec:
     """The spec with defaults filled in; InvalidArgument or AlreadyExists naming the field."""
-    check_id(spec.id, "deployment_id")
-    spec = spec.with_changes(model_name=spec.model_name or spec.id, replicas=max(1, spec.replicas))
+    spec = spec.with_changes(
+        id=check_id(spec.id, "deployment_id"),  # stored lower-case; served under the name as written
+        model_name=spec.model_name or spec.id,
+        replicas=max(1, spec.replicas),
+    )
     check_model_name(spec.model_name, "deployment.model_name")
     check_source(spec.base, "deployment.base_model")
     names = [spec.model_name]
@@ -63,8 +83,10 @@ def check_spec(spec: DeploymentSpec, others: list[DeploymentSpec]) -> Deployment
                 raise InvalidArgument(
                     f"deployment.upstream.vllm.base_urls: {url!r} is not http(s)://host:port"
                 )
+    elif up.kind == "workload":
+        spec = spec.with_changes(upstream=check_workload(up))
     elif up.kind != "embedded":
-        raise InvalidArgument("deployment.upstream: set vllm (with base_urls) or embedded")
+        raise InvalidArgument("deployment.upstream: set vllm (with base_urls), embedded or workload")
     for other in others:
         clash = set(names) & set(other.served_names())
         if clash:

@@ -3,6 +3,7 @@ events its agent reports (phases, log lines, metrics, output commits, the exit).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,9 +14,18 @@ from tunelab.common.errors import FailedPrecondition, NotFound
 from tunelab.trainer.eventlog import EventLog, LogLine
 from tunelab.trainer.lifecycle import Exit, Lifecycle
 from tunelab.trainer.metrics import TrainerMetrics
-from tunelab.trainer.records import CANCELLING, RUNNING, STARTING, JobRecord
+from tunelab.trainer.records import CANCELLING, RUNNING, STARTING, JobRecord, is_server
 from tunelab.trainer.registry import Registry
 from tunelab.trainer.v1 import trainer_pb2 as pb
+
+PORT_VAR = re.compile(r"\$\{PORT\}|\$PORT(?![A-Za-z0-9_])")
+STDERR_TAIL = 20  # lines, as many as the agent puts in the message of a non-zero exit
+
+
+def with_port(arg: str, port: str) -> str:
+    """``arg`` with "$PORT" and "${PORT}" replaced by ``port``: a server's argv names the port it
+    listens on so, and no shell expands them in an argv ($PORT is in its environment too)."""
+    return PORT_VAR.sub(port, arg)
 
 
 def duration(seconds: float) -> Duration:
@@ -74,6 +84,10 @@ class AgentApi:
         for m in spec.datasets:  # outputs start from what the job committed last
             if m.mode == pb.DatasetMount.MODE_OUTPUT and m.committed_version:
                 m.resolved_version = m.committed_version
+        if is_server(spec) and (port := att.env_vars.get("PORT")):
+            argv = [with_port(arg, port) for arg in spec.command]
+            del spec.command[:]
+            spec.command.extend(argv)
         commit_s = (
             spec.output_commit_interval.ToTimedelta().total_seconds()
             if spec.HasField("output_commit_interval")
@@ -117,6 +131,8 @@ class AgentApi:
                 e = batch.exit
                 code = e.exit_code if e.HasField("exit_code") else None
                 ended = Exit(e.reason, e.message, code, e.signal)
+                if ended.succeeded and is_server(job.spec):  # the agent says nothing more of those
+                    ended = Exit(e.reason, self._exit_0(job_id, attempt), code, e.signal)
                 # Worker 0 commits the outputs and its exit ends the attempt; another worker's
                 # success only means its share is done, but any worker's failure ends it at once.
                 if worker == 0 or not ended.succeeded:
@@ -124,6 +140,10 @@ class AgentApi:
             job = self.registry.get_job(job_id)
             cancelling = job.state == CANCELLING and job.attempt == attempt
             return Ack(last, cancelling, self.lifecycle.grace_of(job), job.attempt != attempt)
+
+    def _exit_0(self, job_id: str, attempt: int) -> str:
+        tail = "\n".join(self.events.last_texts(job_id, attempt, pb.LogLine.STREAM_STDERR, STDERR_TAIL))
+        return "exit status 0" + (f"; last lines of stderr:\n{tail}" if tail else "")
 
     def _split(self, events: list[pb.JobEvent], attempt: int, worker: int) -> _Batch:
         batch = _Batch()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tunelab.common.protoconv import timestamp
 from tunelab.trainer.eventlog import LogLine
 from tunelab.trainer.gpus import GpuInfo
-from tunelab.trainer.records import STATES, AttemptRecord, JobRecord, QueueRecord
+from tunelab.trainer.records import RUNNING, STATES, AttemptRecord, JobRecord, QueueRecord
 from tunelab.trainer.scheduler import QueueUsage
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
@@ -55,6 +55,8 @@ def job_to_pb(rec: JobRecord, executor: str, position: int = 0) -> pb.Job:
         msg.assigned_gpus.extend(current.gpus)
         msg.executor_ref = current.executor_ref
         msg.node = current.node
+        if rec.state == RUNNING:  # while the command runs (a server may not listen yet)
+            msg.endpoint = current.endpoint
     if rec.latest_metrics is not None:
         msg.latest_metrics.CopyFrom(rec.latest_metrics)
     return msg

@@ -102,6 +102,21 @@ class EventLog:
             first = db.execute(q).scalar()
         return int(first) - 1 if first is not None else 0
 
+    def last_texts(self, job_id: str, attempt: int, stream: int, limit: int) -> list[str]:
+        """The last ``limit`` lines an attempt logged on ``stream``, oldest first."""
+        q = (
+            select(log_lines_t.c.text)
+            .where(
+                log_lines_t.c.job_id == job_id,
+                log_lines_t.c.attempt == attempt,
+                log_lines_t.c.stream == stream,
+            )
+            .order_by(log_lines_t.c.line_number.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as db:
+            return [str(r.text) for r in db.execute(q)][::-1]
+
     # -- metrics ----------------------------------------------------------------------------
     def add_metrics(self, job_id: str, points: list[pb.MetricsPoint]) -> None:
         if not points:

@@ -17,6 +17,9 @@ class Placement:
     worker_count: int
     node: str
     env_vars: dict[str, str] = field(default_factory=dict)
+    # A server workload's base URL (where the executor makes it listen, e.g. http://127.0.0.1:41237);
+    # empty for a batch job. The port is also in env_vars as PORT.
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class AttemptStatus:
     # No agent can report meanwhile, so the heartbeat timeout does not run.
     pending: str = ""
     # Not alive: why it ended, where the executor knows (one CamelCase word), and the details.
+    # Alive or not: "OOMKilled" where the kernel killed part of it at its memory limit.
     reason: str = ""
     message: str = ""
 
@@ -43,8 +47,11 @@ class Executor(Protocol):
 
     def memory_bytes(self) -> int: ...
 
-    def place(self, job_id: str, attempt: int, workers: int, gpus: list[str]) -> Placement:
-        """Lays out an attempt on the GPUs the scheduler assigned (no side effects)."""
+    def place(
+        self, job_id: str, attempt: int, workers: int, gpus: list[str], server_port: int | None = None
+    ) -> Placement:
+        """Lays out an attempt on the GPUs the scheduler assigned (no side effects). A server
+        workload passes ``server_port``: the port it asked for, 0 for one the executor picks."""
         ...
 
     def start(self, job_id: str, attempt: int, placement: Placement) -> str:

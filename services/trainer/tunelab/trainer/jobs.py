@@ -16,7 +16,7 @@ from tunelab.trainer.lifecycle import Lifecycle
 from tunelab.trainer.records import QUEUED, TERMINAL, Demand, JobRecord, workers
 from tunelab.trainer.references import References
 from tunelab.trainer.registry import Registry
-from tunelab.trainer.scheduler import never_fits
+from tunelab.trainer.scheduler import beyond_capacity, never_fits
 from tunelab.trainer.v1 import trainer_pb2 as pb
 from tunelab.trainer.validation import Defaults, normalize
 
@@ -59,6 +59,8 @@ class JobService:
         queue = self.registry.get_queue(spec.queue.removeprefix("queues/"))
         total = len(self.executor.gpus())
         problem = never_fits(Demand.of(spec), workers(spec), queue, total, self.gpu_source)
+        ex = self.executor
+        problem = problem or beyond_capacity(spec, ex.name, ex.cpu_millis(), ex.memory_bytes())
         if problem:
             raise FailedPrecondition(f"refused: {problem}")
         resolved = [self.refs.resolve_mount(m) for m in spec.datasets]

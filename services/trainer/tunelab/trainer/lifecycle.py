@@ -18,6 +18,7 @@ from tunelab.trainer.records import (
     QUEUED,
     SUCCEEDED,
     JobRecord,
+    is_server,
 )
 from tunelab.trainer.references import References
 from tunelab.trainer.registry import Registry
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Failures that another attempt cannot fix: the job fails at once whatever its restart policy.
 PERMANENT = frozenset({"CommandNotFound", "InvalidMount", "InvalidInput", "NaNLoss"})
+# How an agent tells that the command ended by itself (status 0, another status, a signal).
+COMMAND_ENDED = frozenset({"", "Succeeded", "NonZeroExit", "Killed", "Signaled"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,14 @@ class Exit:
     @property
     def succeeded(self) -> bool:
         return self.exit_code == 0 and self.reason in ("", "Succeeded")
+
+
+def server_ended(exit: Exit) -> tuple[str, str]:
+    """(reason, message) of a server attempt's end. A server runs until it is cancelled, so its
+    command ending is a failure (ServerExited), status 0 included; other ends keep their reason."""
+    if exit.reason in COMMAND_ENDED:
+        return "ServerExited", f"the server stopped: {exit.message or f'exit status {exit.exit_code}'}"
+    return exit.reason, exit.message
 
 
 @dataclass(frozen=True)
@@ -111,11 +122,14 @@ class Lifecycle:
             att = job.current
             if att is None or att.number != number or att.end_time is not None:
                 return job
+            exit = self._explained(att.executor_ref, exit)
             now = time.time()
             if job.state == CANCELLING:
                 reason = job.cancel_reason or "Cancelled"
                 state = CANCELLED if reason == "Cancelled" else FAILED
                 message = exit.message if reason == "Cancelled" else f"stopped: {reason}"
+            elif is_server(job.spec):
+                state, (reason, message) = FAILED, server_ended(exit)
             elif exit.succeeded:
                 state, reason, message = SUCCEEDED, "Succeeded", exit.message
             else:
@@ -131,6 +145,10 @@ class Lifecycle:
             )
             self.metrics.attempt_ended(state)
             self.release_lease(att.lease)
+            if is_server(job.spec) and att.executor_ref:
+                # Nothing of it may go on: a Deployment would restart its pod, and what the command
+                # left behind would hold its port and GPUs.
+                self.executor.kill(att.executor_ref)
             self.kick.set()
             log.info(
                 "attempt ended",
@@ -158,7 +176,17 @@ class Lifecycle:
                     end_time=now,
                     **base,
                 )
-            return self._requeue(job, "Retrying", what, **base)
+            return self._requeue(job, "Restarting" if is_server(job.spec) else "Retrying", what, **base)
+
+    def _explained(self, ref: str, exit: Exit) -> Exit:
+        """A command its agent saw killed by SIGKILL: the executor may know who did it (the kernel,
+        at the attempt's memory limit: OOMKilled)."""
+        if exit.reason != "Killed" or not ref:
+            return exit
+        st = self.executor.status(ref)
+        if st.reason != "OOMKilled":
+            return exit
+        return Exit(st.reason, st.message, exit.exit_code, exit.signal)
 
     def _again(self, job: JobRecord, succeeded: bool) -> bool:
         policy = job.spec.restart_policy

@@ -47,6 +47,7 @@ class AttemptRecord:
     worker_count: int = 1
     end_time: float | None = None
     last_report_time: float | None = None
+    endpoint: str = ""  # a server's base URL
 
     @property
     def holder(self) -> str:
@@ -94,6 +95,15 @@ class JobRecord:
 
 def workers(spec: pb.JobSpec) -> int:
     return max(1, spec.workers)
+
+
+def is_server(spec: pb.JobSpec) -> bool:
+    return spec.workload == pb.WORKLOAD_SERVER
+
+
+def server_port(spec: pb.JobSpec) -> int | None:
+    """The port a server workload asked for (0: the executor picks one); None for a batch job."""
+    return spec.port if is_server(spec) else None
 
 
 @dataclass(frozen=True)

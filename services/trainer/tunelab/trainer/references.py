@@ -8,7 +8,8 @@ from typing import Protocol, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from tunelab.common.errors import FailedPrecondition, NotFound, TunelabError, Unavailable
+from tunelab.common.errors import FailedPrecondition, NotFound, Unavailable
+from tunelab.common.names import parse_version
 from tunelab.datasets.v1 import datasets_pb2 as dpb
 from tunelab.datasets.v1 import datasets_pb2_grpc
 from tunelab.environments.v1 import environments_pb2 as epb
@@ -36,13 +37,9 @@ class References(Protocol):
 
 
 def split_dataset(ref: str) -> tuple[str, str]:
-    """``datasets/x`` → (x, ""); ``datasets/x/versions/3`` → (x, "3")."""
-    parts = ref.removeprefix("datasets/").split("/")
-    if len(parts) == 1:
-        return parts[0], ""
-    if len(parts) == 3 and parts[1] == "versions":
-        return parts[0], "" if parts[2] == "latest" else parts[2]
-    raise TunelabError(f"{ref!r} is not datasets/NAME or datasets/NAME/versions/N")
+    """``datasets/x`` → (x, ""); ``datasets/X/versions/3`` → (x, "3")."""
+    ident, number = parse_version(ref, "datasets", "datasets")
+    return ident, str(number) if number else ""
 
 
 class GrpcReferences:

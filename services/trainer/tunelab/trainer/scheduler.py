@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunelab.trainer.records import Demand, JobRecord, QueueRecord
+from tunelab.trainer.quantities import cpu_quantity, cpus, memory, memory_quantity
+from tunelab.trainer.records import Demand, JobRecord, QueueRecord, workers
+from tunelab.trainer.v1 import trainer_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,28 @@ def never_fits(d: Demand, workers: int, q: QueueRecord, total_gpus: int, gpu_sou
             f"{q.memory_quota_bytes}"
         )
     return ""
+
+
+def beyond_capacity(spec: pb.JobSpec, executor: str, cpu_millis: int, memory_bytes: int) -> str:
+    """Why a job's CPU or memory never fits the executor's capacity (the numbers), or "" when it
+    fits or the executor does not know its capacity (0). All workers count together: locally they
+    share this machine, on a cluster they share what the trainer hands out."""
+    n = workers(spec)
+    requests = spec.HasField("requests")
+    per = spec.requests if requests else spec.resources
+    cpu, mem = per.cpu_millis * n, per.memory_bytes * n
+    if cpu_millis and cpu > cpu_millis:
+        asked, total, setting = f"cpu={cpu_quantity(per.cpu_millis)}", cpus(cpu), f"TUNELAB_CPU_MILLIS={cpu}"
+    elif memory_bytes and mem > memory_bytes:
+        asked, total = f"memory={memory_quantity(per.memory_bytes)}", f"{memory(mem)} memory"
+        setting = f"TUNELAB_MEMORY_BYTES={mem}"
+    else:
+        return ""
+    offers = [cpus(cpu_millis)] if cpu_millis else []
+    offers += [f"{memory(memory_bytes)} memory"] if memory_bytes else []
+    times = f" x {n} workers = {total}" if n > 1 else ""
+    flag = "--requests-resources" if requests else "--resources"
+    return (
+        f"{'requests' if requests else 'resources'}: {asked} per worker{times}, but the {executor} "
+        f"executor offers {' and '.join(offers)}; lower {flag} or raise the trainer's capacity ({setting})"
+    )

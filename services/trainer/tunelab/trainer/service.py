@@ -28,7 +28,7 @@ from tunelab.trainer.references import GrpcReferences, References
 from tunelab.trainer.registry import Registry
 from tunelab.trainer.settings import TrainerSettings
 from tunelab.trainer.supervisor import Supervisor, Timing
-from tunelab.trainer.tables import metadata
+from tunelab.trainer.tables import metadata, upgrade
 from tunelab.trainer.v1 import trainer_pb2 as pb
 from tunelab.trainer.validation import Defaults
 
@@ -53,6 +53,8 @@ class Trainer:
 
     def close(self) -> None:
         self.supervisor.stop()
+        if isinstance(self.executor, LocalExecutor):
+            self.executor.close()
         for channel in self.channels:
             channel.close()
 
@@ -93,6 +95,7 @@ def build_trainer(
     """``kube_api``: the Kubernetes API of TUNELAB_EXECUTOR=kubernetes; unset: the cluster's."""
     base = settings.trainer_dir()
     engine = open_database(settings.state_url, base / "state.sqlite", metadata)
+    upgrade(engine)
     registry, events = Registry(engine), EventLog(engine)
     token = settings.auth_token.get_secret_value()
     channels: list[grpc.Channel] = []
@@ -112,6 +115,10 @@ def build_trainer(
             gpus,
             settings.cpu_millis,
             settings.memory_bytes,
+            settings.endpoint_host,
+            spec_of=lambda job_id: registry.get_job(job_id).spec,
+            cgroup_parent=settings.cgroup_parent,
+            work_root=settings.work_dir or base / "work",
         )
     metrics = TrainerMetrics()
     backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s)

@@ -32,6 +32,12 @@ class TrainerSettings(ServiceSettings):
     )
     cpu_millis: int = Field(default=0, ge=0, description="CPU capacity reported; 0: this machine's cores.")
     memory_bytes: int = Field(default=0, ge=0, description="Memory capacity reported; 0: this machine's.")
+    cgroup_parent: str = Field(
+        default="",
+        description="The cgroup (a path in the hierarchy, e.g. /tunelab-jobs; made if missing) the local "
+        "executor puts each attempt's cgroup in, limited to the job's --resources. Empty: the trainer's "
+        "own, which cgroup v2 allows only at the root (the trainer's log says so).",
+    )
     agent_command: str = Field(
         default="",
         description="How to start the job agent (shell words, `--job …` is appended). Empty: the "
@@ -42,6 +48,11 @@ class TrainerSettings(ServiceSettings):
     )
     agent_cache_dir: Path | None = Field(
         default=None, description="Blob and environment cache of local agents; unset: data_dir/cache."
+    )
+    endpoint_host: str = Field(
+        default="127.0.0.1",
+        description="Host in the endpoints of server workloads the local executor runs (how the "
+        "gateway reaches this machine, e.g. `trainer` in compose); the Kubernetes executor uses Services.",
     )
     work_dir: Path | None = Field(
         default=None, description="Where jobs without --working-dir run; unset: data_dir/trainer/work."

@@ -21,6 +21,7 @@ from tunelab.trainer.records import (
     AttemptRecord,
     Demand,
     JobRecord,
+    server_port,
     workers,
 )
 from tunelab.trainer.references import References
@@ -194,7 +195,7 @@ class Supervisor:
                 self._set_phase(job.id, f"waiting for {job.spec.environment} to finish building")
                 return False
             env_key, lease = pinned
-        placement = self.executor.place(job.id, number, workers(job.spec), gpus)
+        placement = self.executor.place(job.id, number, workers(job.spec), gpus, server_port(job.spec))
         with self.lifecycle.lock:
             current = self.registry.get_job(job.id)
             if current.state != QUEUED or current.attempt != job.attempt:
@@ -212,6 +213,7 @@ class Supervisor:
                     env_vars=placement.env_vars,
                     worker_count=placement.worker_count,
                     last_report_time=now,
+                    endpoint=placement.endpoint,
                 )
             )
             self.registry.update_job(

@@ -1,13 +1,15 @@
 """The trainer's tables (SQLAlchemy Core): queues, jobs, their attempts, logs and metrics.
 
 Specs and metric points are stored as serialized protobuf messages: they are the contract's
-values, and the domain works with them directly.
+values, and the domain works with them directly. A column added after a release needs a server
+default (or to be nullable): ``upgrade`` adds it to a database made before.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Engine,
     Float,
     ForeignKeyConstraint,
     Index,
@@ -18,6 +20,8 @@ from sqlalchemy import (
     Table,
     Text,
 )
+
+from tunelab.common.state import add_missing_columns
 
 metadata = MetaData()
 
@@ -84,6 +88,8 @@ attempts_t = Table(
     Column("start_time", Float, nullable=False),
     Column("end_time", Float, nullable=True),
     Column("last_report_time", Float, nullable=True),
+    # A server workload's base URL, where the executor placed it.
+    Column("endpoint", Text, nullable=False, default="", server_default=""),
     ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
 )
 
@@ -123,3 +129,8 @@ metrics_t = Table(
     ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
     Index("metrics_by_job", "job_id", "id"),
 )
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Brings a database made by an earlier release up to these tables; returns the columns added."""
+    return add_missing_columns(engine, metadata)

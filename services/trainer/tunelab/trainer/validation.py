@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.common.errors import InvalidArgument, Unimplemented
-from tunelab.common.names import parse_name
+from tunelab.common.names import parse_name, parse_version, resource_name
 from tunelab.trainer.records import DEFAULT_QUEUE
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
@@ -37,12 +37,12 @@ def priority_of(spec: pb.JobSpec, classes: dict[str, int]) -> tuple[str, int]:
 
 
 def mount_path(working_dir: str, path: str) -> str:
-    """The mount's absolute path; it must lie strictly inside the working directory."""
+    """The mount's absolute path: the working directory itself or a path inside it."""
     if not path:
         raise InvalidArgument("datasets: each mount needs a path, as in --datasets NAME:PATH")
     full = posixpath.normpath(posixpath.join(working_dir, path))
     root = posixpath.normpath(working_dir)
-    if full == root or not full.startswith(root.rstrip("/") + "/"):
+    if full != root and not full.startswith(root.rstrip("/") + "/"):
         raise InvalidArgument(
             f"dataset mount path {path!r} resolves to {full}, outside the working directory {root}: "
             "mounts must stay inside --working-dir (use a relative path such as data/train)"
@@ -50,16 +50,59 @@ def mount_path(working_dir: str, path: str) -> str:
     return full
 
 
+def mount_dataset(ref: str) -> str:
+    """``AdvertiseGen``, ``datasets/AdvertiseGen/versions/2`` → ``datasets/advertisegen[/versions/2]``."""
+    return resource_name("datasets", *parse_version(ref, "datasets", "datasets"))
+
+
 def check_mounts(spec: pb.JobSpec) -> None:
-    seen: list[str] = []
+    """Checks the mounts in place: each names its dataset as ``datasets/ID[/versions/N]``. Mounts
+    nest as a pod's volumes do (one at the working directory itself, others inside it, even
+    inside another mount); two at the same path are refused."""
+    seen: dict[str, str] = {}
     for m in spec.datasets:
         if not m.dataset.strip() or m.dataset in ("datasets/",):
             raise InvalidArgument("datasets: each mount needs a dataset, as in --datasets NAME:PATH")
+        m.dataset = mount_dataset(m.dataset)
         full = mount_path(spec.working_dir, m.path)
-        for other in seen:
-            if full == other or full.startswith(other + "/") or other.startswith(full + "/"):
-                raise InvalidArgument(f"dataset mounts {other} and {full} overlap; give each its own path")
-        seen.append(full)
+        if full in seen:
+            raise InvalidArgument(
+                f"dataset mounts {seen[full]} and {m.dataset} are both at {full}; give each its own path"
+            )
+        seen[full] = m.dataset
+
+
+def check_workload(spec: pb.JobSpec) -> None:
+    """Defaults and limits of the workload kind, in place. A server (WORKLOAD_SERVER) is one
+    process listening on ``port``; it never succeeds: every exit, status 0 included, is restarted
+    until ``backoff_limit`` restarts are used. So its restart policy is ALWAYS (ON_FAILURE means
+    the same for it) and NEVER is refused: --backoff-limit 0 is how a server runs once."""
+    if spec.workload == pb.WORKLOAD_UNSPECIFIED:
+        spec.workload = pb.WORKLOAD_BATCH
+    if spec.workload not in (pb.WORKLOAD_BATCH, pb.WORKLOAD_SERVER):
+        raise InvalidArgument(f"workload {spec.workload} is unknown; use WORKLOAD_BATCH or WORKLOAD_SERVER")
+    if spec.workload == pb.WORKLOAD_BATCH:
+        if spec.port:
+            raise InvalidArgument(
+                f"port {spec.port} is for server workloads; add --server or leave out --port"
+            )
+        return
+    if spec.workers > 1:
+        raise InvalidArgument(
+            f"workers: a server runs as one process, got {spec.workers}; submit one server job per replica"
+        )
+    if not 0 <= spec.port <= 65535:
+        raise InvalidArgument(
+            f"port {spec.port} is not a TCP port: give 1-65535, or 0 to let the executor pick one"
+        )
+    if spec.restart_policy == pb.RESTART_POLICY_NEVER:
+        raise InvalidArgument(
+            "restart policy never: a server is restarted whenever it exits, up to its backoff limit; "
+            "use --backoff-limit 0 to run it once"
+        )
+    spec.restart_policy = pb.RESTART_POLICY_ALWAYS
+    if "PORT" in spec.env_vars:
+        raise InvalidArgument("PORT is set by the scheduler for a server; give the port with --port instead")
 
 
 def normalize(job_id: str, spec: pb.JobSpec, defaults: Defaults) -> pb.JobSpec:
@@ -88,6 +131,7 @@ def normalize(job_id: str, spec: pb.JobSpec, defaults: Defaults) -> pb.JobSpec:
         out.environment = f"environments/{parse_name(out.environment, 'environments', 'environment')}"
     if out.restart_policy == pb.RESTART_POLICY_UNSPECIFIED:
         out.restart_policy = pb.RESTART_POLICY_ON_FAILURE
+    check_workload(out)
     if not out.HasField("backoff_limit"):
         out.backoff_limit = defaults.backoff_limit
     if out.backoff_limit < 0:

@@ -26,7 +26,7 @@ class CommandNotFound(Exception):
 def command_env(
     base: Mapping[str, str], job_vars: Mapping[str, str], assigned: Mapping[str, str], bin_dir: Path
 ) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if k != "TUNELAB_TOKEN"}
+    env = {k: v for k, v in base.items() if k != "TUNELAB_TOKEN" and not k.startswith("TUNELAB_AGENT_")}
     env.update(job_vars)
     env.update(assigned)
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", os.defpath)])
@@ -55,29 +55,44 @@ def build_argv(command: list[str], env: Mapping[str, str]) -> list[str]:
     return [*launcher, "--no-python", *command]
 
 
-def resolve(argv: list[str], env: Mapping[str, str], cwd: Path) -> list[str]:
-    """argv with its program found on the job's PATH (or relative to the working directory)."""
+def resolve(
+    argv: list[str], env: Mapping[str, str], cwd: Path, seen_at: Callable[[str], str] = str
+) -> list[str]:
+    """argv with its program found on the job's PATH (or relative to the working directory).
+
+    Paths are the job's; ``seen_at`` maps one to where the agent finds it (the job's working
+    directory is the attempt's staging tree)."""
     program = argv[0]
     if "/" in program:
         path = program if os.path.isabs(program) else str(cwd / program)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
+        if _executable(seen_at(path)):
             return argv
         raise CommandNotFound(f"command {program!r} does not exist or is not executable (in {cwd})")
-    found = shutil.which(program, path=env.get("PATH"))
-    if found is None:
-        first = env.get("PATH", "").split(os.pathsep)[0]
-        raise CommandNotFound(
-            f"command {program!r} not found on PATH ({first} first); install it in the job's "
-            "environment or give its path"
-        )
-    return [found, *argv[1:]]
+    folders = env.get("PATH", os.defpath).split(os.pathsep)
+    for folder in folders:
+        candidate = os.path.join(folder if os.path.isabs(folder) else str(cwd / folder), program)
+        if _executable(seen_at(candidate)):
+            return [candidate, *argv[1:]]
+    raise CommandNotFound(
+        f"command {program!r} not found on PATH ({folders[0]} first); install it in the job's "
+        "environment or give its path"
+    )
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 class Command:
     """A started command with its output pumped to ``on_line(stream, text)``."""
 
     def __init__(
-        self, argv: list[str], cwd: Path, env: dict[str, str], on_line: Callable[[int, str], None]
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        on_line: Callable[[int, str], None],
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self._on_line = on_line
@@ -90,6 +105,7 @@ class Command:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 process_group=0,  # its own group in the job's session: stopped as one
+                pass_fds=pass_fds,
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise CommandNotFound(f"cannot run {argv[0]!r}: {exc.strerror}") from None

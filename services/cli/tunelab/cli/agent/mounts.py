@@ -1,107 +1,164 @@
-"""Dataset mounts in the working directory: where they go (never outside it), materializing them,
-and committing output mounts as new dataset versions.
+"""Dataset mounts: where they go in the working directory (the directory itself or a path inside
+it, never outside), materializing them into the attempt's staging tree, and snapshots of output
+mounts for commits.
+
+Mounts nest as a pod's volumes do: a code dataset at the working directory, its data and output
+mounted inside it. They are materialized parents first, and a mount hides what its parent holds
+at its path. Marker files (which manifest a directory holds) are kept beside the tree, never in it.
 
 A commit pushes a hard-link snapshot of the output directory that skips what a writer has not
-finished (``.tmp-*`` and ``.trash-*`` names, as the LoRA recipe's checkpoints use), so the
-upload sees a stable view while training goes on. Unchanged files keep their links between
-commits, so the client's hash cache does not hash them again.
+finished (``.tmp-*`` and ``.trash-*`` names, as the LoRA recipe's checkpoints use) and the mounts
+nested inside it, so the upload sees a stable view of the output's own files while training goes
+on. Unchanged files keep their links between commits, so the client's hash cache does not hash
+them again.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import posixpath
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from tunelab.cli.clients.datasets import DatasetClient
 from tunelab.common.storage.manifest import Manifest
-from tunelab.common.storage.materialize import MARKER, read_marker
+from tunelab.common.storage.materialize import MARKER, write_marker
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
 UNFINISHED = (".tmp-", ".trash-")
 
 
 class MountError(Exception):
-    """A mount that cannot be placed (its path escapes the working directory, ...)."""
+    """A mount (or the working directory) that cannot be placed: it escapes the working
+    directory, or the path cannot be made (the message has the path and the OS error)."""
 
 
 @dataclass(frozen=True)
 class Mount:
     dataset_id: str
     start_version: str  # the version to materialize; "" for an output starting empty
-    path: Path
+    rel: str  # its path in the working directory: "." for the directory itself, else "a/b"
+    path: Path  # where the agent materializes it: the staging tree's ``rel``
     spec_path: str
     output: bool
+
+    @property
+    def key(self) -> str:
+        """A file name for what is kept about the mount beside the tree (marker, snapshot)."""
+        return quote("/" if self.rel == "." else f"/{self.rel}", safe="")
+
+    def inside(self, other: Mount) -> bool:
+        """Whether this mount is nested in ``other`` (strictly)."""
+        return self.rel != other.rel and (other.rel == "." or self.rel.startswith(other.rel + "/"))
 
 
 def dataset_id(ref: str) -> str:
     return ref.removeprefix("datasets/").split("/", 1)[0]
 
 
-def place(working_dir: Path, path: str) -> Path:
-    """The mount's directory; it must stay inside the working directory, symbolic links included."""
-    root = Path(os.path.realpath(working_dir))
-    target = Path(os.path.normpath(working_dir / path))
-    parent = Path(os.path.realpath(target.parent))
-    real = parent / target.name
-    if real == root or root not in real.parents:
+def relative(working_dir: str, path: str) -> str:
+    """The mount's path in the working directory ("." for the directory itself)."""
+    root = posixpath.normpath(working_dir)
+    full = posixpath.normpath(posixpath.join(root, path))
+    rel = posixpath.relpath(full, root)
+    if rel == ".." or rel.startswith("../"):
         raise MountError(
-            f"dataset mount path {path!r} resolves to {real}, outside the working directory {root}"
+            f"dataset mount path {path!r} resolves to {full}, outside the working directory {root}"
+        )
+    return rel
+
+
+def place(tree: Path, rel: str) -> Path:
+    """``rel`` in ``tree``; it must stay inside the tree, symbolic links included."""
+    target = Path(os.path.normpath(tree / rel))
+    root = Path(os.path.realpath(tree))
+    if target == Path(os.path.normpath(tree)):
+        return target
+    real = Path(os.path.realpath(target.parent)) / target.name
+    if real != root and root not in real.parents:
+        raise MountError(
+            f"dataset mount path {rel!r} resolves to {real}, outside the working directory {root}"
         )
     return target
 
 
-def plan(spec: pb.JobSpec) -> list[Mount]:
-    work = Path(spec.working_dir)
+def plan(spec: pb.JobSpec, tree: Path) -> list[Mount]:
+    """The job's mounts, parents before children."""
+    mounts = []
+    for m in spec.datasets:
+        rel = relative(spec.working_dir, m.path)
+        mode = m.mode == pb.DatasetMount.MODE_OUTPUT
+        mounts.append(Mount(dataset_id(m.dataset), m.resolved_version, rel, place(tree, rel), m.path, mode))
+    return sorted(mounts, key=lambda m: 0 if m.rel == "." else m.rel.count("/") + 1)
+
+
+def materialize(client: DatasetClient, mount: Mount, markers: Path, fetch: Path) -> str:
+    """Puts the mount's start version at its place in the tree; returns a line for the log.
+
+    The tree is new for each attempt, so anything at the mount's path came from a parent mount
+    and is hidden, as a volume mounted there would hide it. The mount at the working directory
+    itself is fetched beside the tree and moved in: the tree's own directory is never replaced
+    (in a pod it is the working directory's volume)."""
+    marker = markers / f"{mount.key}.json"
+    try:
+        if mount.rel != ".":
+            _clear(mount.path)
+        if not mount.start_version:
+            mount.path.mkdir(parents=True, exist_ok=True)
+            write_marker(marker, Manifest([]).digest(), f"datasets/{mount.dataset_id} (empty)")
+            return f"{mount.spec_path}: output dataset {mount.dataset_id}, starting empty"
+        into = fetch / mount.key if mount.rel == "." else mount.path
+        r = client.pull(mount.start_version, into, copy=mount.output, marker=marker)
+        if into != mount.path:
+            _move_into(into, mount.path)
+    except OSError as exc:
+        raise MountError(f"cannot place {mount.spec_path} at {mount.path}: {exc}") from None
+    kind = "output, starting from" if mount.output else "input"
+    fetched = f"{r.files} files, {r.bytes_fetched} bytes downloaded"
+    return f"{mount.spec_path}: {kind} {mount.start_version} ({fetched})"
+
+
+def _clear(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for entry in src.iterdir():
+        os.rename(entry, dst / entry.name)
+    src.rmdir()
+
+
+def nested(mount: Mount, mounts: Iterable[Mount]) -> list[str]:
+    """The paths, relative to ``mount``, of the mounts nested inside it."""
     return [
-        Mount(
-            dataset_id(m.dataset),
-            m.resolved_version,
-            place(work, m.path),
-            m.path,
-            m.mode == pb.DatasetMount.MODE_OUTPUT,
-        )
-        for m in spec.datasets
+        other.rel if mount.rel == "." else other.rel[len(mount.rel) + 1 :]
+        for other in mounts
+        if other.inside(mount)
     ]
 
 
-def materialize(client: DatasetClient, mount: Mount) -> str:
-    """Puts the mount's start version in place; returns a line for the log."""
-    if not mount.start_version:
-        return _empty_output(mount)
-    r = client.pull(mount.start_version, mount.path, copy=mount.output)
-    how = "already in place" if r.unchanged else f"{r.bytes_fetched} bytes downloaded"
-    kind = "output, starting from" if mount.output else "input"
-    return f"{mount.spec_path}: {kind} {mount.start_version} ({r.files} files, {how})"
-
-
-def _empty_output(mount: Mount) -> str:
-    """An output with nothing committed yet starts empty, marked as tunelab's (as a pull marks
-    it), so a later attempt may replace it with what this one commits."""
-    path = mount.path
-    if path.is_dir() and any(path.iterdir()) and read_marker(path) is None:
-        raise MountError(
-            f"{path} is not empty and was not made by tunelab: an output mount needs an empty or new "
-            "directory (move the files, or mount the output elsewhere)"
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    if read_marker(path) is None:
-        marker = {"digest": Manifest([]).digest(), "label": f"datasets/{mount.dataset_id} (empty)"}
-        (path / MARKER).write_text(json.dumps(marker))
-    return f"{mount.spec_path}: output dataset {mount.dataset_id}, starting empty"
-
-
-def snapshot(src: Path, dst: Path) -> None:
-    """Makes ``dst`` mirror ``src``'s finished files as hard links (copies across filesystems)."""
+def snapshot(src: Path, dst: Path, exclude: Iterable[str] = ()) -> None:
+    """Makes ``dst`` mirror ``src``'s finished files as hard links (copies across filesystems),
+    leaving out the subtrees at ``exclude`` (paths relative to ``src``)."""
+    skipped = {os.path.normpath(e) for e in exclude}
     wanted: dict[str, str] = {}
     for folder, dirs, files in os.walk(src):
-        dirs[:] = [d for d in dirs if not d.startswith(UNFINISHED)]
         rel_dir = os.path.relpath(folder, src)
+        dirs[:] = [
+            d
+            for d in dirs
+            if not d.startswith(UNFINISHED) and os.path.normpath(os.path.join(rel_dir, d)) not in skipped
+        ]
         for name in files:
-            if not name.startswith(UNFINISHED) and name != MARKER:
-                rel = os.path.normpath(os.path.join(rel_dir, name))
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if not name.startswith(UNFINISHED) and name != MARKER and rel not in skipped:
                 wanted[rel] = os.path.join(folder, name)
     dst.mkdir(parents=True, exist_ok=True)
     for folder, _, files in os.walk(dst, topdown=False):

@@ -1,13 +1,14 @@
 """Commits output mounts as new dataset versions: periodically while the command runs (so
 checkpoints survive a lost machine) and once after it ends. An unchanged output is not
-committed again."""
+committed again. A commit holds the output's own files, not those of mounts nested inside it;
+its snapshots are kept beside the staging tree, where the job does not see them."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-from tunelab.cli.agent.mounts import Mount, snapshot
+from tunelab.cli.agent.mounts import Mount, nested, snapshot
 from tunelab.cli.agent.reporter import Reporter
 from tunelab.cli.clients.datasets import DatasetClient
 
@@ -19,33 +20,42 @@ def _short(version: str) -> str:
 
 class Outputs:
     def __init__(
-        self, client: DatasetClient, mounts: list[Mount], reporter: Reporter, provenance: dict[str, str]
+        self,
+        client: DatasetClient,
+        mounts: list[Mount],
+        reporter: Reporter,
+        provenance: dict[str, str],
+        snapshots: Path,
     ) -> None:
         self.client, self.reporter, self.provenance = client, reporter, provenance
         self.mounts = [m for m in mounts if m.output]
+        self.snapshots = snapshots
+        self._nested = {m.spec_path: nested(m, mounts) for m in self.mounts}
         self._last: dict[str, str] = {}
         self._committed: set[str] = set()  # the mounts this attempt committed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @staticmethod
-    def staging(m: Mount) -> Path:
-        return m.path.parent / f".{m.path.name}.tunelab-snapshot"
+    def staging(self, m: Mount) -> Path:
+        return self.snapshots / m.key
+
+    def _snapshot(self, m: Mount) -> Path:
+        snap = self.staging(m)
+        snapshot(m.path, snap, self._nested[m.spec_path])
+        return snap
 
     def baseline(self) -> None:
         """Remembers what the outputs hold at the start, so only changes are committed."""
         for m in self.mounts:
-            snapshot(m.path, self.staging(m))
-            self._last[m.spec_path] = self.client.manifest_of(self.staging(m)).digest()
+            self._last[m.spec_path] = self.client.manifest_of(self._snapshot(m)).digest()
 
     def commit(self, final: bool) -> int:
         """Commits every changed output; returns how many were committed."""
         done = 0
         with self._lock:
             for m in self.mounts:
-                snap = self.staging(m)
-                snapshot(m.path, snap)
+                snap = self._snapshot(m)
                 digest = self.client.manifest_of(snap).digest()
                 if digest == self._last.get(m.spec_path):
                     if final and m.spec_path not in self._committed:

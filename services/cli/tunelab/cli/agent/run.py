@@ -17,6 +17,7 @@ import grpc
 
 from tunelab.cli.agent import mounts as mnt
 from tunelab.cli.agent.command import STDOUT, Command, CommandNotFound, build_argv, command_env, resolve
+from tunelab.cli.agent.filesystem import AttemptFilesystem, FilesystemConfig
 from tunelab.cli.agent.image import layer_image
 from tunelab.cli.agent.outputs import Outputs
 from tunelab.cli.agent.recipemetrics import failure_reason, parse_event, to_point
@@ -64,9 +65,12 @@ class Agent:
         job: str,
         attempt: int,
         worker: int,
+        filesystem: FilesystemConfig | None = None,
     ) -> None:
         self.trainer, self.datasets, self.environments = trainer, datasets, environments
         self.job, self.attempt, self.worker = job, attempt, worker
+        self.filesystem = filesystem or FilesystemConfig.from_env(os.environ)
+        self.fs: AttemptFilesystem | None = None
         self.stage = "datasets"
         self.stop_requested = threading.Event()
         self.grace_s = 30.0
@@ -90,6 +94,8 @@ class Agent:
         where = a.env_vars.get("TUNELAB_NODE") or os.uname().nodename
         gpus = ",".join(a.assigned_gpus) or "none"
         self.reporter.say(f"attempt {self.attempt} of {self.job} on {where}, GPUs: {gpus}")
+        for note in os.environ.get("TUNELAB_EXECUTOR_NOTES", "").splitlines():  # limits, --image
+            self.reporter.say(note)
         outcome = self._guarded(a)
         self.reporter.say(f"exit: {outcome.reason or 'Succeeded'} {outcome.message}".rstrip())
         self.reporter.exit(outcome.reason, outcome.message, outcome.exit_code, outcome.signal)
@@ -123,32 +129,39 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - reported, with the traceback in the agent's log
             traceback.print_exc()
             return Outcome(STAGE_REASON[self.stage], f"{type(exc).__name__}: {exc}")
+        finally:
+            self.stage = "ended"  # a SIGTERM from here on stops nothing
+            if self.fs is not None:  # after the outputs are committed, before the exit is reported
+                self.fs.cleanup()
 
     def _run(self, a: pb.JobAssignment) -> Outcome:
         spec = a.spec
-        work = Path(spec.working_dir)
-        work.mkdir(parents=True, exist_ok=True)
         self.reporter.phase(STARTING, "materializing datasets")
-        mounts = mnt.plan(spec)
+        fs = self.fs = AttemptFilesystem(self.filesystem, spec.working_dir)
+        if note := fs.prepare():
+            self.reporter.say(note)
+        mounts = mnt.plan(spec, fs.tree)
         client = self.datasets() if mounts else None
         for m in mounts:
             self._check()
             assert client is not None
-            self.reporter.say(mnt.materialize(client, m))
+            self.reporter.say(mnt.materialize(client, m, fs.markers, fs.fetch))
         self.stage = "environment"
         self.reporter.phase(STARTING, "materializing environment")
         env = command_env(os.environ, spec.env_vars, a.env_vars, self._environment(a))
         self._check()
-        argv = resolve(build_argv(list(spec.command), env), env, work)
+        work = Path(spec.working_dir) if fs.namespace else fs.cwd
+        argv = resolve(build_argv(list(spec.command), env), env, work, fs.seen_by_agent)
         outputs = None
         # Worker 0 commits the outputs: in a job of several nodes the recipe writes checkpoints on
         # rank 0, and the trainer ends the attempt on worker 0's exit (or any worker's failure).
         if self.worker == 0 and client is not None and any(m.output for m in mounts):
-            outputs = Outputs(client, mounts, self.reporter, {"job": self.job, "attempt": str(self.attempt)})
+            provenance = {"job": self.job, "attempt": str(self.attempt)}
+            outputs = Outputs(client, mounts, self.reporter, provenance, fs.snapshots)
             outputs.baseline()
         self.stage = "command"
         self.reporter.phase(RUNNING, "running")
-        self.cmd = Command(argv, work, env, self._on_line)
+        self.cmd = fs.start(argv, env, mounts, self._on_line)
         self.reporter.say(f"started {shlex.join(argv)} (pid {self.cmd.pid}) in {work}")
         if outputs is not None:
             outputs.start(_seconds(a.output_commit_interval, 600.0))

@@ -193,10 +193,17 @@ class DatasetClient:
                 future.result()
 
     def pull(
-        self, ref: str, directory: Path, progress: Progress | None = None, *, copy: bool = False
+        self,
+        ref: str,
+        directory: Path,
+        progress: Progress | None = None,
+        *,
+        copy: bool = False,
+        marker: Path | None = None,
     ) -> MaterializeResult:
         """Materializes a version into ``directory`` (verified, cached; atomic). Files are read-only
-        hard links into the local cache unless ``copy`` asks for writable copies."""
+        hard links into the local cache unless ``copy`` asks for writable copies; ``marker`` keeps
+        the record of what the directory holds outside it."""
         resolved, manifest = self.remote.manifest(version_name(ref))
         return materialize(
             manifest,
@@ -206,4 +213,5 @@ class DatasetClient:
             progress=progress,
             label=f"{resolved}:",
             link=not copy,
+            marker=marker,
         )

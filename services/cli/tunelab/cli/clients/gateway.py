@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from tunelab.common.errors import InvalidArgument, TunelabError
+from tunelab.common.names import parse_version, resource_name
 from tunelab.gateway.v1 import gateway_pb2 as pb
 from tunelab.gateway.v1 import gateway_pb2_grpc
 
@@ -26,9 +27,17 @@ def model_source(ref: str, subpath: str = "") -> pb.ModelSource:
         return pb.ModelSource(path=ref[5:], subpath=subpath)
     if ref.startswith(("/", "./", "../", "~")):
         return pb.ModelSource(path=ref, subpath=subpath)
-    ident, _, version = ref.removeprefix("dataset:").partition("@")
-    name = f"datasets/{ident}" + (f"/versions/{version}" if version and version != "latest" else "")
-    return pb.ModelSource(dataset_version=name, subpath=subpath)
+    ident, number = parse_version(ref.removeprefix("dataset:"), "datasets", "dataset")
+    return pb.ModelSource(dataset_version=resource_name("datasets", ident, number), subpath=subpath)
+
+
+def model_ref(text: str) -> pb.ModelSource:
+    """A ``--base`` or ``--adapter`` reference: ``[dataset:]NAME[@VERSION][:SUBDIR]`` (a folder of a
+    dataset version, e.g. ``output@3:checkpoint-3000``), ``/path`` or ``./path``, or ``path:ID``."""
+    if text.startswith(("path:", "/", "./", "../", "~")):
+        return model_source(text)
+    ref, _, subdir = text.removeprefix("dataset:").partition(":")
+    return model_source(ref, subdir)
 
 
 class GatewayError(TunelabError):

@@ -1,8 +1,9 @@
 """``tunelab dataset …``: named, versioned datasets on the datasets service.
 
 References: ``NAME`` is a dataset; ``NAME@VERSION`` one of its versions (``NAME`` alone or
-``NAME@latest`` means the newest READY one). gRPC errors are turned into messages by the root
-group in ``tunelab.cli.main``, not here.
+``NAME@latest`` means the newest READY one). Names are read without regard to case: the service
+stores ``AdvertiseGen`` as ``advertisegen`` and keeps the spelling as the display name. gRPC errors
+are turned into messages by the root group in ``tunelab.cli.main``, not here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ NameArg = Annotated[
     str,
     typer.Argument(
         metavar="NAME",
-        help="Dataset name: lower-case letters, digits and '-'.",
+        help="Dataset name: letters, digits and '-' (stored lower-case; any case finds it).",
         autocompletion=complete.datasets,
     ),
 ]
@@ -112,14 +113,16 @@ def create(
 
     The service fetches the source, hashes every file, uploads only content the store lacks and
     marks the version READY after verifying it. A local directory is uploaded from here instead.
+    NAME is stored lower-case and found in any case; the spelling is kept as its display name.
 
     Examples:
 
-        tunelab dataset create advertisegen --source https://example.com/AdvertiseGen.tar.gz
+        tunelab dataset create AdvertiseGen --source https://example.com/AdvertiseGen.tar.gz
         tunelab dataset create chatglm3-code --source git+https://github.com/THUDM/ChatGLM3@main
         tunelab dataset create mydata --source ./data --label team=nlp
         tunelab dataset create output --source empty
     """
+    from tunelab.cli.output import dataset_label
     from tunelab.cli.progress import transfer
 
     src, upload_dir = parse_source(
@@ -130,18 +133,19 @@ def create(
     )
     labels = parse_labels(label or [])
     client = _client(ctx)
-    client.create(name, src, description, labels)
-    line = f"created dataset {name}"
+    created = client.create(name, src, description, labels)
+    ident = created.name.removeprefix("datasets/")  # the id: `name` folded to lower case
+    line = f"created dataset {dataset_label(created)}"
     if upload_dir is not None:
         with transfer(f"uploading {upload_dir}") as progress:
-            line += f"; {_summary(client.push(name, upload_dir, progress))}"
+            line += f"; {_summary(client.push(ident, upload_dir, progress))}"
     elif src.WhichOneof("kind") != "empty":
-        versions = list(client.list_versions(name))
+        versions = list(client.list_versions(ident))
         if versions and no_wait:
-            line += f"; follow it with `tunelab dataset watch {name}@{versions[-1].name.rsplit('/', 1)[-1]}`"
+            line += f"; follow it with `tunelab dataset watch {ident}@{versions[-1].name.rsplit('/', 1)[-1]}`"
         elif versions:
             line += f"; {_summary(_follow(client, versions[-1]))}"
-    _result(fmt_of(ctx, output), client.get(name), line)
+    _result(fmt_of(ctx, output), client.get(ident), line)
 
 
 @app.command("ls")

@@ -69,17 +69,30 @@ def submit(
         list[str], typer.Argument(metavar="-- COMMAND...", help="The command and its arguments.")
     ],
     name: Annotated[
-        str, typer.Option("--name", help="Job name (lower-case, digits, '-'); default: generated.")
+        str,
+        typer.Option(
+            "--name", help="Job name (letters, digits, '-'; stored lower-case); default: generated."
+        ),
     ] = "",
     job_type: Annotated[
         str, typer.Option("--type", "-t", help="PYTORCH (the only type so far).")
     ] = "PYTORCH",
-    image: Annotated[str, typer.Option(help="Container image (container executors; ignored locally).")] = "",
+    image: Annotated[
+        str,
+        typer.Option(
+            help="Container image: Kubernetes runs the job in it; the local executor runs no images "
+            "and says so at submit and in the job's log."
+        ),
+    ] = "",
     priority: Annotated[
         str, typer.Option(help="high, medium or low (100000/10000/1000, Kueue classes), or a number.")
     ] = "",
     resources: Annotated[
-        list[str] | None, typer.Option(help="Per worker: cpu=8,memory=16Gi,nvidia.com/gpu=1.")
+        list[str] | None,
+        typer.Option(
+            help="Per worker: cpu=8,memory=16Gi,nvidia.com/gpu=1. Checked against the executor's capacity at "
+            "submit; enforced locally with cgroups where the OS allows (the job's log says which)."
+        ),
     ] = None,
     requests_resources: Annotated[
         list[str] | None, typer.Option(help="Requests when lower than --resources (limits).")
@@ -87,14 +100,21 @@ def submit(
     workers: Annotated[int, typer.Option(help="Workers; >1 runs the command under torchrun.")] = 1,
     queue: Annotated[str, typer.Option(help="Queue (see `tunelab queue ls`); default: default.")] = "",
     working_dir: Annotated[
-        str, typer.Option(help="Absolute directory to run in; mounts go inside it. Default: one per job.")
+        str,
+        typer.Option(
+            help="Absolute directory to run in, e.g. /home/jovyan/ChatGLM3; it and the mounts exist for the "
+            "job only (nothing is created on the host). Default: one per job."
+        ),
     ] = "",
     datasets: Annotated[
         list[str] | None,
         typer.Option(
             "--datasets",
             "-d",
-            help="NAME[@VERSION]:PATH, repeatable. An `empty`-source dataset is an output.",
+            help="NAME[@VERSION]:PATH, repeatable; names in any case (AdvertiseGen is advertisegen). "
+            "PATH is absolute or relative to --working-dir; mounts may nest (code at the working dir, data "
+            "inside it). An `empty`-source dataset is an output. Also from TUNELAB_DATASETS (a notebook's "
+            "mounts).",
         ),
     ] = None,
     env: Annotated[
@@ -121,6 +141,17 @@ def submit(
         float | None, typer.Option(help="Seconds from SIGTERM to SIGKILL on cancel (default: the server's).")
     ] = None,
     shm_size: Annotated[int, typer.Option(help="MiB of /dev/shm (container executors).")] = 0,
+    server: Annotated[
+        bool,
+        typer.Option(
+            "--server",
+            help="A server (e.g. `vllm serve … --port $PORT`): it runs until cancelled, is restarted "
+            "whenever it exits (up to --backoff-limit times), and `tunelab job get` shows its endpoint.",
+        ),
+    ] = False,
+    port: Annotated[
+        int, typer.Option(help="--server: the port it listens on, also $PORT; 0: the executor picks.")
+    ] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything, submit nothing.")] = False,
     follow: Annotated[
         bool,
@@ -132,30 +163,44 @@ def submit(
 ) -> None:
     r"""Submit a job: it waits in its queue (by priority, then submission time) until it can start.
 
-    Example (the seed's fine-tuning job):
+    Example (the seed's `baizectl job submit`, as written; from its notebook, TUNELAB_DATASETS
+    adds the code dataset at the working dir: ChatGLM3:/home/jovyan/ChatGLM3):
 
-        tunelab job submit --name finetune-chatglm3 -t PYTORCH --priority high \
-          --resources cpu=8,memory=16Gi,nvidia.com/gpu=1 --queue default \
-          --working-dir /work/ChatGLM3 --datasets advertisegen-conv:data/AdvertiseGen_fix \
-          --datasets chatglm3-6b:chatglm3-6b --datasets output:output \
-          --restart-policy on-failure --follow -- \
-          python -m tunelab.recipes.lora data/AdvertiseGen_fix ./chatglm3-6b configs/lora.yaml
+        tunelab job submit --name finetunel-chatglm3 -t PYTORCH \
+          --image release.daocloud.io/baize/baize-notebook:v0.5.0 --priority baize-high-priority \
+          --resources cpu=8,memory=16Gi,nvidia.com/gpu=1 --workers 1 --queue default \
+          --working-dir /home/jovyan/ChatGLM3 \
+          --datasets AdvertiseGen:/home/jovyan/ChatGLM3/finetune_demo/data/AdvertiseGen \
+          --datasets output:/home/jovyan/ChatGLM3/finetune_demo/output \
+          --labels job_type=pytorch --restart-policy on-failure \
+          -- bash -c "cd /home/jovyan/ChatGLM3/finetune_demo && python finetune_hf.py \
+          data/AdvertiseGen_fix ./chatglm3-6b configs/lora.yaml"
 
     With --follow it shows the job's progress (step, loss, tokens/s, ETA) until it ends and exits 0
     when it SUCCEEDED, 1 otherwise.
     """
-    from tunelab.cli.commands.jobspec import SubmitFlags, build_spec
+    import os
+
+    from tunelab.cli.commands.jobspec import CONTEXT_DATASETS, SubmitFlags, build_spec, context_datasets
     from tunelab.cli.jobview import follow_job, job_state, short
 
+    inherited = context_datasets(datasets or [], dict(os.environ))
+    if inherited:
+        typer.echo(f"mounting the notebook's datasets ({CONTEXT_DATASETS}): {' '.join(inherited)}", err=True)
     flags = SubmitFlags(
         name, job_type, image, priority, resources or [], requests_resources or [], workers, queue,
-        working_dir, datasets or [], env, envs or [], labels or [], annotations or [], restart_policy,
+        working_dir, [*inherited, *(datasets or [])], env, envs or [], labels or [], annotations or [],
+        restart_policy,
         backoff_limit, max_run_duration, output_commit_interval, cancel_grace, shm_size, command,
+        server=server, port=port,
     )  # fmt: skip
     spec = build_spec(flags)
     trainer = client(ctx)
     job_id = name if name and name == name.lower() and " " not in name else ""
     job = trainer.submit(spec, job_id, validate_only=dry_run)
+    if spec.image and job.executor == "local":
+        note = f"--image {spec.image} is recorded, not used"
+        typer.echo(f"note: the local executor runs commands on this host; {note}", err=True)
     verb = "would submit" if dry_run else "submitted"
     line = f"{verb} job {short(job.name)} ({job_state(job)}, priority {job.spec.priority})"
     if not dry_run and not follow:

@@ -62,14 +62,19 @@ def parse_resources(values: list[str], flag: str = "--resources") -> pb.Resource
 
 
 def parse_mount(text: str) -> pb.DatasetMount:
-    """``NAME[@VERSION]:PATH`` → a mount of datasets/NAME (its latest READY version, or VERSION)."""
+    """``NAME[@VERSION]:PATH`` → a mount of datasets/NAME (its latest READY version, or VERSION);
+    NAME is read without regard to case (``AdvertiseGen`` is the dataset ``advertisegen``)."""
+    from tunelab.common.errors import InvalidArgument
+    from tunelab.common.names import parse_version, resource_name
     from tunelab.trainer.v1 import trainer_pb2 as pb
 
     ref, sep, path = text.partition(":")
-    name, _, version = ref.partition("@")
-    if not sep or not name or not path:
+    if not sep or not ref.partition("@")[0] or not path:
         raise _bad(f"{text!r} is not NAME[@VERSION]:PATH, e.g. advertisegen:data/AdvertiseGen", "--datasets")
-    dataset = f"datasets/{name}" + (f"/versions/{version}" if version and version != "latest" else "")
+    try:
+        dataset = resource_name("datasets", *parse_version(ref, "datasets", "dataset"))
+    except InvalidArgument as exc:
+        raise _bad(f"{text!r}: {exc.message}", "--datasets") from None
     return pb.DatasetMount(dataset=dataset, path=path)
 
 
@@ -106,6 +111,8 @@ class SubmitFlags:
     cancel_grace_s: float | None = None
     shm_size_mib: int = 0
     command: list[str] = field(default_factory=list)
+    server: bool = False
+    port: int = 0
 
 
 def build_spec(f: SubmitFlags) -> pb.JobSpec:
@@ -119,6 +126,8 @@ def build_spec(f: SubmitFlags) -> pb.JobSpec:
         raise _bad(f"{f.restart_policy!r}: use never, on-failure or always", "--restart-policy")
     if not f.command:
         raise typer.BadParameter("give the command after `--`, e.g. -- python train.py", param_hint="COMMAND")
+    if f.port and not f.server:
+        raise _bad(f"{f.port}: a port is for a server; add --server", "--port")
     spec = pb.JobSpec(
         display_name=f.name,
         type=getattr(pb, f"JOB_TYPE_{kind}"),
@@ -134,6 +143,8 @@ def build_spec(f: SubmitFlags) -> pb.JobSpec:
         command=f.command,
         env_vars=parse_pairs(f.env_vars, "--envs"),
         shm_size_bytes=f.shm_size_mib * 2**20,
+        workload=pb.WORKLOAD_SERVER if f.server else pb.WORKLOAD_BATCH,
+        port=f.port,
     )
     if f.priority.strip().lstrip("-").isdigit():
         spec.priority = int(f.priority)
@@ -152,3 +163,20 @@ def build_spec(f: SubmitFlags) -> pb.JobSpec:
         spec.cancel_grace_period.SetInParent()  # 0 is a value here: SIGKILL at once
         spec.cancel_grace_period.FromNanoseconds(int(f.cancel_grace_s * 1e9))
     return spec
+
+
+CONTEXT_DATASETS = "TUNELAB_DATASETS"
+
+
+def context_datasets(explicit: list[str], environ: dict[str, str]) -> list[str]:
+    """The mounts of the notebook a job is submitted from (``TUNELAB_DATASETS``: ``NAME[@V]:PATH``
+    entries separated by spaces or commas), except where ``--datasets`` mounts something at the
+    same path: a job submitted from a notebook sees the files the notebook sees."""
+    taken = {text.partition(":")[2].rstrip("/") for text in explicit}
+    found = []
+    for entry in environ.get(CONTEXT_DATASETS, "").replace(",", " ").split():
+        if ":" not in entry:
+            raise _bad(f"{entry!r} is not NAME[@VERSION]:PATH", CONTEXT_DATASETS)
+        if entry.partition(":")[2].rstrip("/") not in taken:
+            found.append(entry)
+    return found

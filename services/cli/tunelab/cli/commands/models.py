@@ -55,6 +55,7 @@ def client(ctx: typer.Context, url: str = "", api_key: str = "") -> GatewayClien
 
 def _show(ctx: typer.Context, items: Any, output: Format | None) -> None:
     from tunelab.cli.output import render, render_rows
+    from tunelab.gateway.v1 import gateway_pb2 as pb
 
     fmt = fmt_of(ctx, output)
     msgs: list[Any] = items if isinstance(items, list) else [items]
@@ -66,19 +67,34 @@ def _show(ctx: typer.Context, items: Any, output: Format | None) -> None:
         state = d.State.Name(d.state).removeprefix("STATE_")
         healthy = sum(r.healthy for r in d.replica_statuses)
         upstream = d.upstream.WhichOneof("kind") or ""
-        rows.append(
-            {
-                "name": d.name.removeprefix("deployments/"),
-                "models": ", ".join(d.served_model_names),
-                "state": state,
-                "replicas": f"{healthy}/{len(d.replica_statuses)}",
-                "upstream": upstream,
-                "error": d.error[:120],
-            }
-        )
+        if upstream == "workload":
+            runtime = pb.WorkloadUpstream.Runtime.Name(d.upstream.workload.runtime)
+            upstream = f"{runtime.removeprefix('RUNTIME_').lower()} (trainer jobs)"
+        row = {
+            "name": d.name.removeprefix("deployments/"),
+            "models": ", ".join(d.served_model_names),
+            "state": state,
+            "replicas": f"{healthy}/{len(d.replica_statuses)}",
+            "upstream": upstream,
+        }
+        if any(r.job for m in msgs for r in m.replica_statuses):
+            row["jobs"] = ", ".join(r.job.removeprefix("jobs/") for r in d.replica_statuses if r.job)
+        rows.append({**row, "error": d.error[:120]})
     render_rows(rows, fmt)
-    if len(msgs) == 1 and not isinstance(items, list) and msgs[0].error:
-        typer.echo(f"\n{msgs[0].error}")
+    if len(msgs) == 1 and not isinstance(items, list):
+        _replicas(msgs[0])
+        if msgs[0].error:
+            typer.echo(f"\n{msgs[0].error}")
+
+
+def _replicas(d: Any) -> None:
+    """One line per replica of one deployment: its job, address, health or why not."""
+    if not any(r.job for r in d.replica_statuses):
+        return
+    typer.echo("")
+    for i, r in enumerate(d.replica_statuses):
+        health = "healthy" if r.healthy else (r.error or "not healthy")
+        typer.echo(f"replica {i}: {r.job.removeprefix('jobs/')} {r.url or '(no address yet)'}: {health}")
 
 
 @app.command()
@@ -87,30 +103,88 @@ def deploy(
     name: Annotated[
         str, typer.Argument(help="Deployment and model name: lower-case letters, digits and '-'.")
     ],
-    base: Annotated[str, typer.Option("--base", "-b", help="Base model: NAME[@VERSION], /path, or path:ID.")],
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base", "-b", help="Base model: DATASET[@VERSION][:FOLDER], /path, or path:ID (a model id)."
+        ),
+    ],
     adapter: Annotated[
         list[str] | None,
         typer.Option(
-            "--adapter", "-a", help="LoRA adapter [ALIAS=]REF[:SUBDIR], repeatable; the first is the default."
+            "--adapter", "-a", help="LoRA adapter [ALIAS=]REF[:FOLDER], repeatable; the first is the default."
         ),
     ] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="engine (default): tunelab's embedded engine. vllm: vLLM, run by the trainer (or the "
+            "servers given with --vllm).",
+            show_default=False,
+        ),
+    ] = "",
+    workload: Annotated[
+        bool,
+        typer.Option(
+            "--workload", help="With --runtime engine: the trainer runs the engine as a job, not the gateway."
+        ),
+    ] = False,
     vllm: Annotated[
-        list[str] | None, typer.Option("--vllm", help="Base URL of a vLLM server (a replica), repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--vllm", help="Base URL of a vLLM server already running (a replica), repeatable; implies vllm."
+        ),
     ] = None,
     vllm_api_key: Annotated[
-        str, typer.Option(envvar="VLLM_API_KEY", help="Key the vLLM servers expect.")
+        str, typer.Option(envvar="VLLM_API_KEY", help="Key the --vllm servers expect.")
     ] = "",
-    replicas: Annotated[int, typer.Option(help="Embedded engine processes (without --vllm).")] = 1,
-    device: Annotated[str, typer.Option(help="Embedded engine device: cpu, cuda, cuda:1.")] = "",
+    replicas: Annotated[
+        int, typer.Option(help="Servers to run: engine processes, or trainer jobs (not with --vllm).")
+    ] = 1,
+    device: Annotated[str, typer.Option(help="Engine the gateway starts: cpu, cuda, cuda:1.")] = "",
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            help="Trainer jobs: GPUs per replica (vLLM's --tensor-parallel-size follows); default: 1 for "
+            "vLLM, none for the engine.",
+            show_default=False,
+        ),
+    ] = None,
+    cpu: Annotated[str, typer.Option(help="Trainer jobs: CPU per replica, e.g. 8 or 500m.")] = "",
+    memory: Annotated[str, typer.Option(help="Trainer jobs: memory per replica, e.g. 32Gi.")] = "",
+    resources: Annotated[
+        list[str] | None,
+        typer.Option(help="Trainer jobs, as `job submit` takes them: cpu=8,memory=32Gi,nvidia.com/gpu=1."),
+    ] = None,
+    env: Annotated[
+        str,
+        typer.Option(
+            "--env", help="Trainer jobs: the environment to run in (`tunelab env ls`), with vLLM installed."
+        ),
+    ] = "",
+    image: Annotated[str, typer.Option(help="Trainer jobs: container image (Kubernetes executor).")] = "",
+    queue: Annotated[str, typer.Option(help="Trainer jobs: the queue; default: default.")] = "",
+    priority: Annotated[
+        str, typer.Option(help="Trainer jobs: priority class; default: high (serving before training).")
+    ] = "",
+    runtime_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--runtime-arg",
+            help="Trainer jobs: an extra argument for the server's command line, repeatable, e.g. "
+            "--runtime-arg=--max-model-len --runtime-arg=8192.",
+        ),
+    ] = None,
     trust_remote_code: Annotated[
         bool,
         typer.Option(
             "--trust-remote-code",
-            help="Let the embedded engine run the Python code shipped inside the base model's directory "
-            "(auto_map in its config.json). That code runs with the engine's permissions on the gateway's "
-            "host: use it only for a model repository you trust. Off by default: a base that ships code is "
-            "refused without it. With --vllm it does not apply: start vLLM with its own --trust-remote-code. "
-            "ChatGLM3 as THUDM ships it: import it with `tunelab model import` instead.",
+            help="Let the server tunelab starts run the Python code shipped inside the base model's "
+            "directory (auto_map in its config.json): the embedded engine's or vLLM's --trust-remote-code. "
+            "That code runs with the server's permissions: use it only for a model repository you trust. "
+            "Off by default: a base that ships code is refused without it. With --vllm it does not apply: "
+            "start vLLM with its own --trust-remote-code. ChatGLM3 as THUDM ships it: import it with "
+            "`tunelab model import` instead.",
         ),
     ] = False,
     max_in_flight: Annotated[
@@ -121,17 +195,39 @@ def deploy(
     ] = False,
     output: OutputOpt = None,
 ) -> None:
-    """Deploy a base model with LoRA adapters on vLLM servers or the embedded engine.
+    """Deploy a base model with LoRA adapters behind the gateway. Three ways to serve it, by who
+    starts the server:
+
+    * **The gateway starts the embedded engine** (the default, `--runtime engine`): a small
+      transformers + peft server next to the gateway, on its machine; for CPUs and small models.
+
+    * **The trainer runs the server as a job**, one job per replica (`--runtime vllm`, or
+      `--runtime engine --workload`): queued like training jobs (--queue, --priority high by default,
+      --gpus, --cpu, --memory or --resources), with the base and adapters mounted read-only, restarted
+      when it exits, cancelled by `tunelab model rm`. For vLLM tunelab writes the command line itself,
+      `vllm serve BASE --served-model-name NAME --enable-lora --max-lora-rank R --max-loras N
+      --lora-modules ADAPTER=PATH ... --tensor-parallel-size GPUS` with
+      VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (runtime adapter loading); `vllm` must be installed in
+      --env (or the --image). More flags: --runtime-arg. `tunelab job logs dep-NAME-0` shows its output.
+
+    * **A vLLM server you started** (`--vllm URL`, one per replica; the compose stack's vLLM): the
+      gateway only routes to it and loads the adapters into it. Start it with LoRA and runtime
+      adapter loading on, and where it sees the gateway's model folder (the compose stack shares it):
+      `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE --served-model-name NAME --enable-lora
+      --max-lora-rank 64`.
 
     Waits until the deployment is READY (or FAILED, exit 1) unless --no-wait.
 
     Examples:
 
         tunelab model deploy chatglm3-ad --base chatglm3-6b --adapter output@3:checkpoint-3000
+        tunelab model deploy chatglm3-ad --base chatglm3-6b --adapter output@3 --runtime vllm --env vllm
+        tunelab model deploy tiny --base tiny-model --runtime engine --workload --cpu 2 --memory 4Gi
         tunelab model deploy chatglm3-ad --base path:THUDM/chatglm3-6b --adapter ad=output@3 --vllm http://vllm:8000
         tunelab model deploy my-model --base ./my-model --trust-remote-code   # runs ./my-model's own code
     """
-    from tunelab.cli.clients.gateway import model_source
+    from tunelab.cli.clients.gateway import model_ref
+    from tunelab.cli.commands.deployspec import UpstreamFlags, build_upstream
     from tunelab.gateway.v1 import gateway_pb2 as pb
 
     adapters = []
@@ -139,24 +235,31 @@ def deploy(
         alias, sep, ref = spec.partition("=")
         if not sep:
             alias, ref = "", spec
-        ref, _, subdir = ref.partition(":") if not ref.startswith("path:") else (ref, "", "")
-        alias = alias or ref.split("@")[0].split("/")[-1]
-        adapters.append(pb.LoraAdapter(name=alias, source=model_source(ref, subdir)))
-    if vllm and trust_remote_code:
-        raise typer.BadParameter(
-            "it is for the embedded engine; a vLLM server runs remote code only when it was started with "
-            "vLLM's own --trust-remote-code",
-            param_hint="--trust-remote-code",
+        source = model_ref(ref)
+        where = source.dataset_version.split("/")[1] if source.dataset_version else source.path
+        adapters.append(pb.LoraAdapter(name=alias or where.rstrip("/").split("/")[-1], source=source))
+    upstream = build_upstream(
+        UpstreamFlags(
+            runtime=runtime,
+            workload=workload,
+            vllm=vllm or [],
+            vllm_api_key=vllm_api_key,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            gpus=gpus,
+            cpu=cpu,
+            memory=memory,
+            resources=resources or [],
+            env=env,
+            image=image,
+            queue=queue,
+            priority=priority,
+            runtime_args=runtime_arg or [],
         )
-    if vllm:
-        upstream = pb.Upstream(vllm=pb.VllmUpstream(base_urls=vllm, api_key=vllm_api_key))
-    else:
-        upstream = pb.Upstream(
-            embedded=pb.EmbeddedUpstream(device=device, trust_remote_code=trust_remote_code)
-        )
+    )
     dep = pb.Deployment(
         model_name=name,
-        base_model=model_source(base),
+        base_model=model_ref(base),
         adapters=adapters,
         upstream=upstream,
         default_adapter=adapters[0].name if adapters else "",

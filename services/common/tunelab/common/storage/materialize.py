@@ -1,5 +1,9 @@
 """Materialize a manifest into a directory: verified blobs through the local cache, then an atomic
-swap, so a reader never sees a half-written directory."""
+swap, so a reader never sees a half-written directory.
+
+A marker file records which manifest a directory holds, so that materializing the same manifest
+again costs nothing. It lies inside the directory (``MARKER``) unless the caller keeps it elsewhere
+(``marker=``): the job agent keeps its markers beside the tree a job sees, not in it."""
 
 from __future__ import annotations
 
@@ -31,12 +35,21 @@ class MaterializeResult:
     unchanged: bool = False
 
 
-def read_marker(target: Path) -> str | None:
-    """The manifest digest a directory was materialized from, if it was."""
+def read_marker(target: Path, marker: Path | None = None) -> str | None:
+    """The manifest digest a directory was materialized from, if it was (``marker``: where its
+    marker file is kept, when not inside it)."""
     try:
-        return str(json.loads((target / MARKER).read_text())["digest"])
+        return str(json.loads((marker or target / MARKER).read_text())["digest"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def write_marker(marker: Path, digest: str, label: str) -> None:
+    """Writes a marker file in one step (a reader sees the old one or the new one)."""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps({"digest": digest, "label": label}))
+    tmp.replace(marker)
 
 
 def materialize(
@@ -49,6 +62,7 @@ def materialize(
     progress: Callable[[int, int], None] | None = None,
     label: str = "",
     link: bool = True,
+    marker: Path | None = None,
 ) -> MaterializeResult:
     """Makes ``target`` hold exactly ``manifest``'s files.
 
@@ -59,10 +73,12 @@ def materialize(
     With ``link`` (the default), files are read-only hard links to the verified cache entries when
     the cache is on the same filesystem (a second pull of the same content then costs only
     metadata); executable files and ``link=False`` get writable copies.
+
+    ``marker`` keeps the marker file at that path instead of inside ``target``.
     """
     started = time.perf_counter()
     digest = manifest.digest()
-    if target.is_dir() and read_marker(target) == digest:
+    if target.is_dir() and read_marker(target, marker) == digest:
         return MaterializeResult(target, len(manifest.files), manifest.size, 0, 0.0, unchanged=True)
     fetched = 0
     done = 0
@@ -96,14 +112,19 @@ def materialize(
             if progress:
                 progress(done, manifest.size)
 
-    with replacing(target, lambda t: read_marker(t) is not None) as staging:
+    with replacing(target, lambda t: read_marker(t, marker) is not None) as staging:
         can_link = link and os.stat(staging).st_dev == os.stat(cache.root).st_dev
         unique = manifest.unique_blobs()
         with ThreadPoolExecutor(workers) as pool:
             # Each distinct blob once (two files with equal content must not fetch it twice).
             cached = dict(zip(unique, pool.map(ensure, unique, unique.values()), strict=True))
             list(pool.map(place, range(len(manifest.files))))
-        (staging / MARKER).write_text(json.dumps({"digest": digest, "label": label}))
+        if marker is None:
+            (staging / MARKER).write_text(json.dumps({"digest": digest, "label": label}))
+        else:  # it no longer describes target: gone before the swap, rewritten after it
+            marker.unlink(missing_ok=True)
+    if marker is not None:
+        write_marker(marker, digest, label)
     return MaterializeResult(
         target, len(manifest.files), manifest.size, fetched, time.perf_counter() - started
     )

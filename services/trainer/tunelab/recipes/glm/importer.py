@@ -1,7 +1,8 @@
 """One import: a ChatGLM3 checkpoint folder (as downloaded) -> a native `glm` model folder, or nothing.
 
-The result is assembled in a staging directory beside the destination and moved into it only when
-every step has passed: the job agent commits the destination as a dataset version even when the
+The result is assembled in a staging directory inside the destination (``.tmp-importing``, which
+output commits skip; inside, so that moving it in is a rename within one mount) and moved into
+place only when every step has passed: the job agent commits the destination as a dataset version even when the
 command fails, so a failed import must leave it untouched (empty), never half-written.
 `tunelab-import.json` records where the model came from and what converted it.
 """
@@ -20,6 +21,7 @@ from tunelab.recipes.glm.errors import CheckpointError
 # Bumped whenever the converter's output changes for the same input.
 CONVERTER_VERSION = "1"
 PROVENANCE_FILE = "tunelab-import.json"
+STAGING = ".tmp-importing"
 # Small files of a download that travel with the model (licences, the model card).
 CARRIED = ("README.md", "MODEL_LICENSE", "LICENSE", "LICENSE.txt", "NOTICE")
 
@@ -42,7 +44,7 @@ def import_checkpoint(
     previous = dst.exists() and any(not _bookkeeping(p) for p in dst.iterdir())
     if previous and not (dst / PROVENANCE_FILE).is_file():
         raise CheckpointError(f"{dst} is not empty and holds no earlier import: import into an empty folder")
-    staging = dst.parent / f".{dst.name}.importing"
+    staging = dst / STAGING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -64,7 +66,6 @@ def import_checkpoint(
             "seconds": round(time.time() - started, 1),
         }
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n")
-        dst.mkdir(parents=True, exist_ok=True)
         for item in [p for p in dst.iterdir() if not _bookkeeping(p)] if previous else []:
             shutil.rmtree(item) if item.is_dir() else item.unlink()
         for item in staging.iterdir():
@@ -75,8 +76,9 @@ def import_checkpoint(
 
 
 def _bookkeeping(path: Path) -> bool:
-    """The job agent's own files in a mounted folder (`.tunelab-manifest.json`): not content."""
-    return path.name.startswith(".tunelab-")
+    """The job agent's own files in a mounted folder (`.tunelab-manifest.json`) and this import's
+    staging directory: not content."""
+    return path.name.startswith(".tunelab-") or path.name == STAGING
 
 
 def _files(src: Path) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ class Kind:
 
 
 JOBS = Kind("batch", "v1", "jobs", "Job")
+DEPLOYMENTS = Kind("apps", "v1", "deployments", "Deployment")
 SERVICES = Kind("", "v1", "services", "Service")
 PODS = Kind("", "v1", "pods", "Pod")
 TRAINJOBS = Kind("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")

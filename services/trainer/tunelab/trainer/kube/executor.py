@@ -1,7 +1,9 @@
 """The Kubernetes executor: per attempt an Indexed Job + headless Service, or a TrainJob, whose
-pods run the job agent; their state read back from the cluster; cancel and kill by deletion.
+pods run the job agent (a server workload: a Deployment + Service, :mod:`.servers`); their state
+read back from the cluster; cancel and kill by deletion.
 
-An attempt is known as ``namespace/name`` (a Job) or ``namespace/trainjobs/name`` (a TrainJob).
+An attempt is known as ``namespace/name`` (a Job), ``namespace/trainjobs/name`` (a TrainJob) or
+``namespace/deployments/name`` (a server's Deployment).
 The agent in each pod reports logs, metrics and the exit to the trainer as it does locally; what
 the executor adds is what the agent cannot say: that the attempt waits (for Kueue, a node, its
 image) and how pods failed before their agent could report (with the last lines of their log).
@@ -16,9 +18,27 @@ from tunelab.common.errors import AlreadyExists, TunelabError
 from tunelab.trainer.executor import AttemptStatus, Placement
 from tunelab.trainer.gpus import GpuInfo
 from tunelab.trainer.kube import manifests as mf
-from tunelab.trainer.kube.api import JOBS, PODS, SERVICES, TRAINJOBS, Kind, KubeApi, KubeApiError, Obj
+from tunelab.trainer.kube import servers
+from tunelab.trainer.kube.api import (
+    DEPLOYMENTS,
+    JOBS,
+    PODS,
+    SERVICES,
+    TRAINJOBS,
+    Kind,
+    KubeApi,
+    KubeApiError,
+    Obj,
+)
 from tunelab.trainer.kube.errors import typed
-from tunelab.trainer.kube.observe import job_state, pods_state, trainjob_state
+from tunelab.trainer.kube.observe import (
+    deployment_state,
+    ended_early,
+    job_state,
+    pods_state,
+    trainjob_state,
+)
+from tunelab.trainer.records import is_server
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -57,16 +77,29 @@ class KubernetesExecutor:
         return self._memory
 
     # -- start --------------------------------------------------------------------------------
-    def place(self, job_id: str, attempt: int, workers: int, gpus: list[str]) -> Placement:
+    def place(
+        self, job_id: str, attempt: int, workers: int, gpus: list[str], server_port: int | None = None
+    ) -> Placement:
         """One pod per worker, each with ``GPUs / workers`` GPUs and as many processes. Which GPUs
-        is the device plugin's business: no CUDA_VISIBLE_DEVICES."""
+        is the device plugin's business: no CUDA_VISIBLE_DEVICES. A server listens on its port
+        (8000 when it leaves it to the executor) behind the attempt's Service."""
         nproc = max(len(gpus) // max(workers, 1), 1)
         env = mf.placement_env(self.engine, job_id, attempt, workers, nproc)
-        return Placement(worker_count=workers, node=self.cfg.namespace, env_vars=env)
+        if server_port is None:
+            return Placement(worker_count=workers, node=self.cfg.namespace, env_vars=env)
+        port = server_port or servers.DEFAULT_PORT
+        return Placement(
+            worker_count=1,
+            node=self.cfg.namespace,
+            env_vars={**env, "PORT": str(port)},
+            endpoint=servers.endpoint(self.cfg.namespace, job_id, attempt, port),
+        )
 
     def start(self, job_id: str, attempt: int, placement: Placement) -> str:
         spec, ns, name = self.spec_of(job_id), self.cfg.namespace, mf.object_name(job_id, attempt)
-        self._sweep(job_id, attempt)
+        if is_server(spec):
+            return self._start_server(job_id, attempt, spec)
+        self._sweep(self.kind, job_id, attempt)
         workers = placement.worker_count
         if self.engine == "trainjob":
             nproc = int(placement.env_vars.get("PET_NPROC_PER_NODE", "1"))
@@ -82,6 +115,18 @@ class KubernetesExecutor:
                 raise
         log.info("created Job", extra={"job": job_id, "attempt": attempt, "ref": f"{ns}/{name}"})
         return f"{ns}/{name}"
+
+    def _start_server(self, job_id: str, attempt: int, spec: pb.JobSpec) -> str:
+        ns, name = self.cfg.namespace, mf.object_name(job_id, attempt)
+        self._sweep(DEPLOYMENTS, job_id, attempt)
+        deployment = self._create(DEPLOYMENTS, servers.deployment_manifest(self.cfg, job_id, attempt, spec))
+        try:
+            self._create(SERVICES, servers.service_manifest(self.cfg, job_id, attempt, spec, deployment))
+        except TunelabError:
+            self._delete(DEPLOYMENTS, ns, name, "Background", quiet=True)
+            raise
+        log.info("created Deployment", extra={"job": job_id, "attempt": attempt, "ref": f"{ns}/{name}"})
+        return f"{ns}/{DEPLOYMENTS.plural}/{name}"
 
     def _create(self, kind: Kind, body: Obj) -> Obj:
         ns = self.cfg.namespace
@@ -110,31 +155,31 @@ class KubernetesExecutor:
             f"(kubectl -n {ns} delete {kind.resource} {name}) and the job is retried"
         )
 
-    def _sweep(self, job_id: str, attempt: int) -> None:
+    def _sweep(self, kind: Kind, job_id: str, attempt: int) -> None:
         """Deletes what is left of the job's earlier attempts that still holds resources, e.g. a
         Job Kueue suspended (preempted) after its agent had reported."""
         ns = self.cfg.namespace
         try:
-            found = self.api.list(self.kind, ns, mf.selector(job_id))
+            found = self.api.list(kind, ns, mf.selector(job_id))
         except KubeApiError as exc:
             log.warning(
-                "cannot list earlier attempts of %s: %s", job_id, typed(exc, "list", self.kind, ns).message
+                "cannot list earlier attempts of %s: %s", job_id, typed(exc, "list", kind, ns).message
             )
             return
-        state = job_state if self.kind == JOBS else trainjob_state
+        state = {JOBS: job_state, TRAINJOBS: trainjob_state, DEPLOYMENTS: deployment_state}[kind]
         for obj in found:
             meta = obj.get("metadata") or {}
             st = state(obj)
             if (meta.get("labels") or {}).get(mf.LABEL_ATTEMPT) != str(attempt) and not (
                 st.done or st.failed
             ):
-                self._delete(self.kind, ns, meta.get("name", ""), "Background", quiet=True)
+                self._delete(kind, ns, meta.get("name", ""), "Background", quiet=True)
 
     # -- state --------------------------------------------------------------------------------
     def _parse(self, ref: str) -> tuple[Kind, str, str]:
         parts = ref.split("/")
-        if len(parts) == 3 and parts[1] == TRAINJOBS.plural:
-            return TRAINJOBS, parts[0], parts[2]
+        if len(parts) == 3 and parts[1] in (TRAINJOBS.plural, DEPLOYMENTS.plural):
+            return (TRAINJOBS if parts[1] == TRAINJOBS.plural else DEPLOYMENTS), parts[0], parts[2]
         if len(parts) != 2:
             raise ValueError(f"not a Kubernetes executor reference: {ref!r}")
         return JOBS, parts[0], parts[1]
@@ -154,6 +199,8 @@ class KubernetesExecutor:
                 )
             log.warning("cannot read %s: %s", where, typed(exc, "get", kind, ns, name).message)
             return AttemptStatus(True)  # cannot tell; the agent's heartbeat still counts
+        if kind == DEPLOYMENTS:
+            return self._server_status(obj, ns, name, where)
         st = job_state(obj) if kind == JOBS else trainjob_state(obj)
         if st.failed:
             return AttemptStatus(
@@ -186,7 +233,35 @@ class KubernetesExecutor:
             waiting = f"pod {ps.failed_pod} failed ({ps.failure}), retrying; {waiting}"
         return AttemptStatus(True, pending=f"starting in Kubernetes: {waiting}")
 
+    def _server_status(self, obj: Obj, ns: str, name: str, where: str) -> AttemptStatus:
+        """A server's Deployment: alive while its pod runs the agent; lost once that ended early."""
+        st = deployment_state(obj)
+        if st.deleting:
+            return AttemptStatus(True, pending=f"{where} is being deleted")
+        if st.ready > 0:
+            return AttemptStatus(True)
+        pods = self._pods(DEPLOYMENTS, ns, name)
+        if pods is None:
+            return AttemptStatus(True)
+        pod, how = ended_early(pods)
+        if pod:
+            message = f"{where}: the agent in pod {pod} ended before the server did ({how})"
+            return AttemptStatus(
+                False, reason="PodFailed", message=self._log_tail(message, ns, pod, mf.AGENT)
+            )
+        ps = pods_state(pods)
+        if ps.fatal:
+            return AttemptStatus(False, reason=ps.fatal_reason, message=f"{where} cannot start: {ps.fatal}")
+        if ps.running:
+            return AttemptStatus(True)
+        if "SchedulingGated" in ps.waiting and self.cfg.kueue:
+            return AttemptStatus(True, pending="queued in Kubernetes: waiting for Kueue to admit its pod")
+        waiting = ps.waiting or "waiting for its pod to be created"
+        return AttemptStatus(True, pending=f"starting in Kubernetes: {waiting}")
+
     def _pod_selector(self, kind: Kind, name: str) -> str:
+        if kind == DEPLOYMENTS:
+            return servers.pod_selector(name)
         return (
             f"jobset.sigs.k8s.io/jobset-name={name}"
             if kind == TRAINJOBS
@@ -209,10 +284,15 @@ class KubernetesExecutor:
             return message
         message += f"; pod {ps.failed_pod}: {ps.failure}"
         container = mf.AGENT if kind == JOBS else mf.TRAINJOB_CONTAINER
+        return self._log_tail(message, ns, ps.failed_pod, container)
+
+    def _log_tail(self, message: str, ns: str, pod: str, container: str) -> str:
+        """``message`` with the last lines of the container's log (the agent's own, when it failed
+        before it could report)."""
         try:
-            tail = self.api.log(ns, ps.failed_pod, container, LOG_TAIL).rstrip()
+            tail = self.api.log(ns, pod, container, LOG_TAIL).rstrip()
         except KubeApiError as exc:
-            log.warning("cannot read the log of pod %s/%s: %s", ns, ps.failed_pod, exc)
+            log.warning("cannot read the log of pod %s/%s: %s", ns, pod, exc)
             return message
         return f"{message}; last lines of its log:\n{tail}" if tail else message
 
@@ -224,9 +304,12 @@ class KubernetesExecutor:
         self._delete(kind, ns, name, "Foreground")
 
     def kill(self, ref: str) -> None:
-        """Deletes the attempt's object and its pods at once (no grace period)."""
+        """Deletes the attempt's object and its pods at once (no grace period); a server's
+        Service too (its owner, the Deployment, would have it collected, but not at once)."""
         kind, ns, name = self._parse(ref)
         self._delete(kind, ns, name, "Background", quiet=True)
+        if kind == DEPLOYMENTS:
+            self._delete(SERVICES, ns, name, "Background", quiet=True)
         for pod in self._pods(kind, ns, name) or []:
             self._delete(PODS, ns, pod["metadata"]["name"], "Background", grace_s=0, quiet=True)
 

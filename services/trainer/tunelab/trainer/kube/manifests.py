@@ -31,6 +31,7 @@ TRAINJOB_CONTAINER = "node"  # the container (and replicated job) of the torch r
 TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 MASTER_PORT = 29500
 CACHE_DIR = "/var/cache/tunelab"
+ATTEMPT_DIR = "/var/lib/tunelab/attempt"  # the agent's scratch area; the working dir is its tree/
 COMMIT_MARGIN_S = 60  # after the cancel grace period: time for the agent to commit outputs
 USAGE_ERROR = 2  # the agent's exit status for arguments it does not understand: a config error
 LABEL_JOB, LABEL_ATTEMPT = "tunelab.dev/job", "tunelab.dev/attempt"
@@ -150,9 +151,12 @@ def resources(spec: pb.JobSpec) -> Manifest:
 
 def agent_env(cfg: PodConfig) -> list[Manifest]:
     """The agent's variables, as the local executor sets them (the cache is a volume here)."""
-    skip = ("TUNELAB_CACHE_DIR", "TUNELAB_TOKEN")
+    skip = ("TUNELAB_CACHE_DIR", "TUNELAB_TOKEN", "TUNELAB_AGENT_FILESYSTEM", "TUNELAB_AGENT_SCRATCH")
     env: list[Manifest] = [{"name": k, "value": v} for k, v in sorted(cfg.agent_env.items()) if k not in skip]
     env.append({"name": "TUNELAB_CACHE_DIR", "value": CACHE_DIR})
+    # The pod mounts the working directory (see volumes): the agent stages it in place.
+    env.append({"name": "TUNELAB_AGENT_FILESYSTEM", "value": "pod"})
+    env.append({"name": "TUNELAB_AGENT_SCRATCH", "value": ATTEMPT_DIR})
     if cfg.token_secret is not None:
         ref = {"name": cfg.token_secret[0], "key": cfg.token_secret[1]}
         env.append({"name": "TUNELAB_TOKEN", "valueFrom": {"secretKeyRef": ref}})
@@ -168,26 +172,37 @@ def agent_args(job_id: str, attempt: int) -> list[str]:
 
 
 def volumes(cfg: PodConfig, spec: pb.JobSpec) -> tuple[list[Manifest], list[Manifest]]:
-    """(volumes, mounts): the root filesystem is read-only, so /tmp (also HOME), the working
-    directory and the cache are volumes; /dev/shm is memory (NCCL and DataLoader workers use it)."""
+    """(volumes, mounts): the root filesystem is read-only, so /tmp (also HOME), the attempt's
+    scratch area and the cache are volumes; /dev/shm is memory (NCCL and DataLoader workers use it).
+
+    The working directory is the scratch area's ``tree`` (a subPath of the same volume): the agent
+    materializes the job's mounts there, nested as the job asks, and keeps its markers and output
+    snapshots beside it, out of the job's sight and on the same filesystem (snapshots are hard
+    links). A working directory at /tmp or /dev/shm takes that volume's place."""
     shm: Manifest = {"medium": "Memory"}
     if spec.shm_size_bytes > 0:
         shm["sizeLimit"] = str(spec.shm_size_bytes)
     cache: Manifest = (
         {"persistentVolumeClaim": {"claimName": cfg.cache_pvc}} if cfg.cache_pvc else {"emptyDir": {}}
     )
-    vols = [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": shm}, {"name": "cache", **cache}]
+    vols = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": shm},
+        {"name": "cache", **cache},
+        {"name": "attempt", "emptyDir": {}},
+    ]
     mounts = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "attempt", "mountPath": ATTEMPT_DIR},
     ]
     work = posixpath.normpath(spec.working_dir or "/")
-    if work != "/" and not any(
-        work == m["mountPath"] or work.startswith(m["mountPath"] + "/") for m in mounts
-    ):
-        vols.append({"name": "work", "emptyDir": {}})
-        mounts.append({"name": "work", "mountPath": work})
+    if work not in ("/", CACHE_DIR, ATTEMPT_DIR):  # else the agent runs in the tree, and says so
+        replaced = {m["name"] for m in mounts if m["mountPath"] == work}
+        vols = [v for v in vols if v["name"] not in replaced]
+        mounts = [m for m in mounts if m["name"] not in replaced]
+        mounts.append({"name": "attempt", "mountPath": work, "subPath": "tree"})
     return vols, mounts
 
 

@@ -1,5 +1,5 @@
-"""What the cluster says of an attempt, as the trainer needs it: pure functions over a Job or
-TrainJob and its pods (dicts, as the API returns them)."""
+"""What the cluster says of an attempt, as the trainer needs it: pure functions over a Job,
+TrainJob or Deployment and its pods (dicts, as the API returns them)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,12 @@ def trainjob_state(trainjob: Obj) -> ObjectState:
     )
 
 
+def deployment_state(deployment: Obj) -> ObjectState:
+    """A server's apps/v1 Deployment. It never completes, and the pods tell how it fails (see
+    :func:`ended_early`); ready counts pods whose readiness probe passed: the server listens."""
+    return _common(deployment, False, None, int((deployment.get("status") or {}).get("readyReplicas") or 0))
+
+
 def _index(pod: Obj) -> tuple[int, str]:
     meta = pod.get("metadata") or {}
     index = (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "")
@@ -119,3 +125,18 @@ def pods_state(pods: list[Obj]) -> PodsState:
                 fatal_reason, fatal = FATAL_WAITING[reason], text
             waiting = waiting or text
     return PodsState(running, waiting, fatal_reason, fatal, failed_pod, failure)
+
+
+def ended_early(pods: list[Obj]) -> tuple[str, str]:
+    """(pod, how) of the first pod of a server's Deployment whose agent ended, or ("", ""). Its
+    agent ends only after its attempt has (which deletes the Deployment), so a container that ended
+    earlier (killed, out of memory, the trainer unreachable: restarted, or waiting to be) or a
+    failed pod (evicted) means the attempt is lost, whatever the Deployment does next."""
+    for pod in sorted(pods, key=_index):
+        status = pod.get("status") or {}
+        statuses = status.get("containerStatuses") or []
+        if status.get("phase") == "Failed" or any(
+            cs.get("restartCount") or (cs.get("state") or {}).get("terminated") for cs in statuses
+        ):
+            return (pod.get("metadata") or {}).get("name", "?"), _terminated(pod)
+    return "", ""
