@@ -34,7 +34,9 @@ from tunelab.cli.agent.mounts import Mount, MountError
 
 PRIVATE, POD = "private", "pod"
 AGENT_PID = "agent.pid"  # in the scratch area: whose it is, for an executor that kills the agent
-LAUNCHER = "tunelab.cli.agent.sandbox"
+# Run by its path in isolated mode (it needs the standard library only): it then works wherever the
+# agent's own code comes from, an installed package or PYTHONPATH, which isolated mode ignores.
+LAUNCHER = str(Path(__file__).with_name("sandbox.py"))
 NEEDS = (
     "run the trainer as root, or allow unprivileged user namespaces (sysctl "
     "kernel.unprivileged_userns_clone=1 / user.max_user_namespaces), or leave out --working-dir "
@@ -65,7 +67,7 @@ class FilesystemConfig:
 
 def probe() -> str:
     """Why the command cannot get a private mount namespace ("" when it can)."""
-    argv = [sys.executable, "-I", "-m", LAUNCHER, "--probe"]
+    argv = [sys.executable, "-I", LAUNCHER, "--probe"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode == 0:
         return ""
@@ -136,7 +138,7 @@ class AttemptFilesystem:
         with os.fdopen(read, "rb") as pipe:
             try:
                 options = ["--report-fd", str(write), "--spec", json.dumps(spec)]
-                launcher = [sys.executable, "-I", "-m", LAUNCHER, *options, "--", *argv]
+                launcher = [sys.executable, "-I", LAUNCHER, *options, "--", *argv]
                 cmd = Command(launcher, self.scratch, env, on_line, pass_fds=(write,))
             finally:
                 os.close(write)

@@ -1,6 +1,6 @@
 """The launcher of a job's command under the local executor: a filesystem view of the job's own.
 
-    python -I -m tunelab.cli.agent.sandbox --report-fd N --spec JSON -- COMMAND...
+    python -I .../tunelab/cli/agent/sandbox.py --report-fd N --spec JSON -- COMMAND...
 
 It runs as a process of its own because a private mount namespace can only be entered by a
 single-threaded process (the agent has threads). It enters one (``unshare``; in a user namespace

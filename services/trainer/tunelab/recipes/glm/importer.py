@@ -2,8 +2,8 @@
 
 The result is assembled in a staging directory inside the destination (``.tmp-importing``, which
 output commits skip; inside, so that moving it in is a rename within one mount) and moved into
-place only when every step has passed: the job agent commits the destination as a dataset version even when the
-command fails, so a failed import must leave it untouched (empty), never half-written.
+place only when every step has passed: the job agent commits the destination as a dataset version
+even when the command fails, so a failed import must leave it untouched (empty), never half-written.
 `tunelab-import.json` records where the model came from and what converted it.
 """
 
