@@ -19,6 +19,28 @@ from tunelab.common.grpc.channel import open_channel
 pytest_plugins = ["environments.envfixtures"]
 
 
+# Where a job's absolute paths, an agent's scratch area or an attempt's cgroup would land if they
+# escaped a test's temporary root: nothing new may appear there during the session.
+WATCHED = ("/", "/home", "/var/lib", "/srv", "/opt", "/mnt")
+WATCHED_GLOBS = ("/tmp/tunelab-*", "/sys/fs/cgroup/*/tunelab-*", "/sys/fs/cgroup/tunelab-*")
+
+
+def _outside_entries() -> set[str]:
+    import glob
+
+    found = {os.path.join(d, e) for d in WATCHED if os.path.isdir(d) for e in os.listdir(d)}
+    return found | {p for pattern in WATCHED_GLOBS for p in glob.glob(pattern)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_outside_temporary_roots() -> Iterator[None]:
+    """Fails the session when the tests left a directory or cgroup outside their temporary roots."""
+    before = _outside_entries()
+    yield
+    left = sorted(_outside_entries() - before)
+    assert not left, f"tests left these outside their temporary roots: {left}"
+
+
 @pytest.fixture(scope="session")
 def chatglm3_dir() -> Path:
     """THUDM's chatglm3-6b layout with tiny sizes and THUDM's code (read-only: copy before changing)."""

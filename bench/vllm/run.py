@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -47,7 +48,16 @@ import checks  # noqa: E402
 import compare  # noqa: E402
 import report  # noqa: E402
 from procs import Processes, StartFailed  # noqa: E402
-from stack import CpuSets, child_env, deploy, start_gateway, start_upstream  # noqa: E402
+from stack import (  # noqa: E402
+    CpuSets,
+    Upstream,
+    child_env,
+    deploy,
+    start_gateway,
+    start_trainer,
+    start_upstream,
+    vllm_command_shim,
+)
 
 LORA_YAML = REPO / "services/trainer/tunelab/recipes/lora/configs/lora.yaml"
 # Histograms read around each benchmark round: vLLM's time to first token (from its API server's
@@ -102,6 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument("--vllm-args", default="", help="more vLLM flags, one shell-quoted string")
     g.add_argument("--upstream-timeout", type=float, default=600)
+    g.add_argument(
+        "--upstream",
+        choices=["direct", "workload"],
+        default="direct",
+        help="direct: this script starts vLLM and the deployment points at it (--vllm URL); workload: "
+        "the deployment has the trainer run `vllm serve` as a server job (--runtime vllm), on a trainer "
+        "started here with its local executor",
+    )
     g = p.add_argument_group("checks and benchmark")
     g.add_argument("--check-max-tokens", type=int, default=1024, help="the seed's max_tokens")
     g.add_argument("--concurrency", default="1,16,64")
@@ -155,16 +173,19 @@ class Run:
         ad_name = f"{name}-ad"
         cpus = CpuSets.split(os.sched_getaffinity(0)) if a.pin else None
         r["cpu_sets"] = cpus.describe() if cpus else None
-        up = start_upstream(
-            self.procs, a, a.upstream_python or a.python, base, name, self.logs, cpus and cpus.upstream
-        )
-        self.phase("upstream_start", up.started_s)
-        gw = start_gateway(self.procs, a.python, self.work, self.logs, cpus and cpus.gateway)
-        self.phase("gateway_start", gw.started_s)
-        r["deployment"] = dep = deploy(gw, "bench", name, base, ad_name, adapter, up.url)
-        self.phase("deploy", dep["seconds"])
-        if dep["state"] not in ("STATE_READY", "STATE_DEGRADED"):
-            raise RuntimeError(f"the deployment is {dep['state']}: {dep['error']}")
+        if a.upstream == "workload":
+            up, gw = self.workload_upstream(base, name, ad_name, adapter)
+        else:
+            up = start_upstream(
+                self.procs, a, a.upstream_python or a.python, base, name, self.logs, cpus and cpus.upstream
+            )
+            self.phase("upstream_start", up.started_s)
+            gw = start_gateway(self.procs, a.python, self.work, self.logs, cpus and cpus.gateway)
+            self.phase("gateway_start", gw.started_s)
+            r["deployment"] = dep = deploy(gw, "bench", name, base, ad_name, adapter, up.url)
+            self.phase("deploy", dep["seconds"])
+            if dep["state"] not in ("STATE_READY", "STATE_DEGRADED"):
+                raise RuntimeError(f"the deployment is {dep['state']}: {dep['error']}")
         r["upstream_models"] = report.get_json(f"{up.url}/v1/models")
         r["vllm_server_version"] = report.get_json(f"{up.url}/version") if a.engine == "vllm" else None
         started = time.monotonic()
@@ -186,6 +207,30 @@ class Run:
         r["gateway_metrics"] = {**checks.gateway_metrics(gw_text), "gpu_peaks_under_load": gpu_peaks}
         prefix = "vllm:" if a.engine == "vllm" else "tunelab_engine_"
         r["upstream_metrics"] = checks.upstream_metrics(up_text, prefix)
+
+    def workload_upstream(self, base: Path, name: str, ad_name: str, adapter: Path) -> tuple[Upstream, Any]:
+        """The trainer and the gateway started here; the deployment made with a workload upstream,
+        so the trainer runs `vllm serve` (from PATH: the bundle's console script) as a server job;
+        the replica's address is that job's endpoint."""
+        a, r = self.args, self.result
+        shim = vllm_command_shim(a.upstream_python or a.python, self.work / "bin")
+        trainer = start_trainer(self.procs, a.python, self.work, self.logs, shim)
+        gw = start_gateway(self.procs, a.python, self.work, self.logs, trainer_addr=trainer)
+        self.phase("gateway_start", gw.started_s)
+        flags: list[str] = []
+        if a.engine == "vllm":
+            flags = ["--dtype", "bfloat16", "--max-model-len", str(a.max_model_len), "--max-num-seqs"]
+            flags += [str(a.max_num_seqs), "--gpu-memory-utilization", str(a.gpu_memory_utilization)]
+            flags += ["--enforce-eager"] if a.enforce_eager else []
+            flags += shlex.split(a.vllm_args)
+        else:
+            flags = ["--device", "cpu", "--max-batch-size", "16"]
+        runtime = "vllm" if a.engine == "vllm" else "engine"
+        r["deployment"] = dep = deploy(gw, "bench", name, base, ad_name, adapter, "", runtime, tuple(flags))
+        self.phase("deploy", dep["seconds"])
+        if dep["state"] not in ("STATE_READY", "STATE_DEGRADED"):
+            raise RuntimeError(f"the deployment is {dep['state']}: {dep['error']}")
+        return Upstream(a.engine, dep["replica_urls"][0], dep["seconds"]), gw
 
     def model_and_adapter(self) -> tuple[Path, Path]:
         """The given base model and adapter, or built here: the model by basemodel.py, the adapter

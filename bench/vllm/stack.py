@@ -113,13 +113,64 @@ class GatewayProc:
     started_s: float
 
 
+def wait_port(proc: Any, port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or not proc.alive():
+                raise proc.fail(f"port {port} did not open") from None
+            time.sleep(0.2)
+
+
+def vllm_command_shim(python: str, bin_dir: Path) -> Path:
+    """``bin_dir/vllm``: the console script a pip install of vLLM writes, for a bundle unpacked
+    without its scripts (the workload runs ``vllm serve`` from PATH, as on any GPU box)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "vllm"
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(python)} -m vllm.entrypoints.cli.main "$@"\n')
+    shim.chmod(0o755)
+    return bin_dir
+
+
+def start_trainer(procs: Processes, python: str, work: Path, logs: Path, path_first: Path) -> str:
+    """The trainer with its local executor (GPUs from NVML); its agents are ``tunelab agent`` run by
+    ``python``, and the jobs find ``path_first`` first on PATH. Returns its gRPC address."""
+    port = free_port()
+    agent = [python, "-c", "from tunelab.cli.main import main; main()", "agent"]
+    env = child_env(
+        "common",
+        "cli",
+        "trainer",
+        "datasets",
+        "environments",
+        TUNELAB_DATA_DIR=str(work / "trainer-data"),
+        TUNELAB_PORT=str(port),
+        TUNELAB_METRICS_PORT="0",
+        TUNELAB_AGENT_COMMAND=shlex.join(agent),
+        TUNELAB_LOG_LEVEL="info",
+    )
+    env["PATH"] = f"{path_first}{os.pathsep}{env.get('PATH', os.defpath)}"
+    proc = procs.start("trainer", [python, "-m", "tunelab.trainer"], env, logs / "trainer.log")
+    wait_port(proc, port, 120)
+    return f"127.0.0.1:{port}"
+
+
 def start_gateway(
-    procs: Processes, python: str, work: Path, logs: Path, cpus: frozenset[int] | None = None
+    procs: Processes,
+    python: str,
+    work: Path,
+    logs: Path,
+    cpus: frozenset[int] | None = None,
+    trainer_addr: str = "",
 ) -> GatewayProc:
     http_port, grpc_port = free_port(), free_port()
     env = child_env(
         "common",
         "gateway",
+        TUNELAB_TRAINER_ADDR=trainer_addr,
         TUNELAB_DATA_DIR=str(work / "gateway-data"),
         TUNELAB_HTTP_PORT=str(http_port),
         TUNELAB_PORT=str(grpc_port),
@@ -131,15 +182,7 @@ def start_gateway(
     proc = procs.start("gateway", [python, "-m", "tunelab.gateway"], env, logs / "gateway.log", cpus=cpus)
     url = f"http://127.0.0.1:{http_port}"
     seconds = wait_http(proc, f"{url}/healthz", 120)
-    deadline = time.monotonic() + 30
-    while True:  # gRPC serves once the HTTP side is up; make sure before deploying
-        try:
-            socket.create_connection(("127.0.0.1", grpc_port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or not proc.alive():
-                raise proc.fail(f"gRPC port {grpc_port} did not open") from None
-            time.sleep(0.2)
+    wait_port(proc, grpc_port)  # gRPC serves once the HTTP side is up; make sure before deploying
     return GatewayProc(url, f"127.0.0.1:{grpc_port}", seconds)
 
 
@@ -151,8 +194,12 @@ def deploy(
     adapter_name: str,
     adapter: Path,
     upstream: str,
+    workload: str = "",
+    workload_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Creates the deployment (base + adapter on the upstream) and waits until it is loaded."""
+    """Creates the deployment (base + adapter on the upstream) and waits until it is loaded. With
+    ``workload`` ("vllm" or "engine") the gateway has the trainer run that server (vLLM on one GPU),
+    with ``workload_args`` added to its command line, instead of routing to ``upstream``."""
     from tunelab.cli.clients.gateway import GatewayClient, model_source
     from tunelab.common.grpc.channel import open_channel
     from tunelab.gateway.v1 import gateway_pb2 as pb
@@ -167,6 +214,14 @@ def deploy(
             adapters=[pb.LoraAdapter(name=adapter_name, source=model_source(str(adapter.resolve())))],
             upstream=pb.Upstream(vllm=pb.VllmUpstream(base_urls=[upstream])),
         )
+        if workload:
+            runtime = (
+                pb.WorkloadUpstream.RUNTIME_VLLM if workload == "vllm" else pb.WorkloadUpstream.RUNTIME_ENGINE
+            )
+            up = pb.WorkloadUpstream(
+                runtime=runtime, gpu_count=1 if workload == "vllm" else 0, args=list(workload_args)
+            )
+            spec.upstream.CopyFrom(pb.Upstream(workload=up))
         client.deploy(deployment_id, spec)
         d = client.wait_loaded(deployment_id)
         return {
@@ -174,6 +229,8 @@ def deploy(
             "error": d.error,
             "served_model_names": list(d.served_model_names),
             "replica_models": [list(r.models) for r in d.replica_statuses],
+            "replica_urls": [r.url for r in d.replica_statuses],
+            "replica_jobs": [r.job for r in d.replica_statuses],
             "seconds": round(time.monotonic() - started, 2),
         }
     finally:

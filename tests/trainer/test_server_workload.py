@@ -158,6 +158,22 @@ def test_a_fixed_port_and_a_server_that_keeps_exiting(stack: Any) -> None:
     assert all("no model to serve" in a.message for a in done.attempts)
 
 
+def test_a_server_that_ran_long_enough_restarts_afresh(make_stack: Any) -> None:
+    """Each attempt serves longer than the stable time before it stops: the restarts never use up
+    the backoff limit of 1, as a crash loop would."""
+    stack = make_stack(server_stable_s=0.5)
+    code = "import time; time.sleep(1.0)"
+    stack.client.submit(spec(py(code), workload=pb.WORKLOAD_SERVER, backoff_limit=1), "steady")
+    deadline = time.monotonic() + 240
+    while (job := stack.client.get("jobs/steady")).attempt < 4:
+        assert job.state != FAILED, job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert all(a.reason == "ServerExited" for a in job.attempts[:3])
+    stack.client.cancel("jobs/steady")
+    assert wait_for(stack.client, "jobs/steady").state == CANCELLED
+
+
 def test_specs_that_cannot_be_a_server_are_refused(stack: Any, cli: Any) -> None:
     client = stack.client
     for fields, words in (

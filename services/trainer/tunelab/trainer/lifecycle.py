@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Failures that another attempt cannot fix: the job fails at once whatever its restart policy.
 PERMANENT = frozenset({"CommandNotFound", "InvalidMount", "InvalidInput", "NaNLoss"})
+
 # How an agent tells that the command ended by itself (status 0, another status, a signal).
 COMMAND_ENDED = frozenset({"", "Succeeded", "NonZeroExit", "Killed", "Signaled"})
 
@@ -72,10 +73,15 @@ class Lifecycle:
         metrics: TrainerMetrics,
         backoff: Backoff,
         cancel_grace_s: float,
+        server_stable_s: float = 600.0,
     ) -> None:
         self.registry, self.executor, self.refs, self.metrics = registry, executor, refs, metrics
         self.backoff = backoff
         self.cancel_grace_s = cancel_grace_s
+        # A server attempt that ran this long was healthy: the restarts after it count from zero
+        # (as Kubernetes resets a crash loop's backoff), so backoff_limit bounds crash loops, not
+        # the restarts of a long life.
+        self.server_stable_s = server_stable_s
         self.lock = threading.RLock()
         self.kick = threading.Event()  # wakes the supervisor: resources were freed or jobs queued
 
@@ -162,6 +168,8 @@ class Lifecycle:
             if state == SUCCEEDED:
                 return self._requeue(job, "Restarting", f"attempt {number} succeeded; policy ALWAYS", **base)
             what = f"attempt {number} failed ({reason}): {message}".rstrip(": ")
+            if is_server(job.spec) and job.failures and now - att.start_time >= self.server_stable_s:
+                job = self.registry.update_job(job_id, failures=0)
             if reason in PERMANENT or job.spec.restart_policy == pb.RESTART_POLICY_NEVER:
                 return self.registry.update_job(
                     job_id, state=FAILED, reason=reason, message=message, end_time=now, **base

@@ -122,7 +122,9 @@ def build_trainer(
         )
     metrics = TrainerMetrics()
     backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s)
-    lifecycle = Lifecycle(registry, executor, refs, metrics, backoff, settings.cancel_grace_s)
+    lifecycle = Lifecycle(
+        registry, executor, refs, metrics, backoff, settings.cancel_grace_s, settings.server_stable_s
+    )
     timing = Timing(
         interval_s=settings.schedule_interval_s,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,

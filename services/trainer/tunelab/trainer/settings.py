@@ -67,6 +67,12 @@ class TrainerSettings(ServiceSettings):
     )
     cancel_grace_s: float = Field(default=30.0, ge=0, description="Default time from SIGTERM to SIGKILL.")
     backoff_limit: int = Field(default=3, ge=0, description="Default retries before a job is FAILED.")
+    server_stable_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A server job's attempt that ran this long was healthy: the restarts after it count "
+        "against backoff_limit from zero again.",
+    )
     backoff_base_s: float = Field(default=10.0, ge=0, description="First pause before a retry; doubles.")
     backoff_max_s: float = Field(default=600.0, ge=0, description="Longest pause before a retry.")
     priority_classes: dict[str, int] = Field(
