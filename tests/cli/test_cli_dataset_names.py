@@ -82,3 +82,11 @@ def test_walkthrough_names_as_typed(datasets, tmp_path: Path, monkeypatch: pytes
     assert "Traceback" not in result.output
     result = invoke("dataset", "create", "Advertise_Gen", "--source", "empty")
     assert result.exit_code == 1 and "use 'advertise-gen'" in result.stderr
+
+
+def test_completion_matches_names_typed_in_any_case() -> None:
+    from tunelab.cli.completion import _matching
+
+    names = ["datasets/advertisegen", "datasets/chatglm3", "datasets/output"]
+    assert _matching(names, "datasets/", "Adv") == ["advertisegen"]
+    assert _matching(names, "datasets/", "CHAT") == ["chatglm3"]

@@ -28,7 +28,8 @@ def _names(ctx: Any, service: str, ask: Callable[[Any], list[str]]) -> list[str]
 
 def _matching(names: list[str], prefix: str, incomplete: str) -> list[str]:
     short = [n.removeprefix(prefix) for n in names]
-    return sorted(n for n in short if n.startswith(incomplete))
+    typed = incomplete.lower()  # names are stored lower-case and looked up in any case
+    return sorted(n for n in short if n.startswith(typed))
 
 
 def datasets(ctx: Any, incomplete: str) -> list[str]:
