@@ -228,7 +228,7 @@ this machine has {cpus} CPU(s) and {gpus} GPU(s), so the job asks for {resources
         self.cli.run(
             "job", "submit", "--name", JOB, "-t", "PYTORCH", "--priority", "high", "--resources", resources,
             "--workers", "1", "--queue", "default",
-            "--datasets", f"{CONVERTED}:data/AdvertiseGen_fix", "--datasets", f"{MODEL}:{MODEL}",
+            "--datasets", f"{CONVERTED}:data/AdvertiseGen_fix", "--datasets", f"{MODEL}:{MODEL}:ro",
             "--datasets", f"{CONFIGS}:configs", "--datasets", f"{OUTPUT}:output", "--env", ENVIRONMENT,
             "--labels", "job_type=pytorch", "--restart-policy", "on-failure", "--follow", "--",
             "python", "-m", "tunelab.recipes.lora", "data/AdvertiseGen_fix", f"./{MODEL}",

@@ -90,3 +90,20 @@ def test_completion_matches_names_typed_in_any_case() -> None:
     names = ["datasets/advertisegen", "datasets/chatglm3", "datasets/output"]
     assert _matching(names, "datasets/", "Adv") == ["advertisegen"]
     assert _matching(names, "datasets/", "CHAT") == ["chatglm3"]
+
+
+def test_a_mount_may_say_read_only_or_read_write() -> None:
+    from tunelab.cli.commands.jobspec import context_datasets, parse_mount
+    from tunelab.trainer.v1 import trainer_pb2 as pb
+
+    model = parse_mount("chatglm3-6b:chatglm3-6b:ro")
+    assert (model.dataset, model.path, model.mode) == (
+        "datasets/chatglm3-6b",
+        "chatglm3-6b",
+        pb.DatasetMount.MODE_INPUT,
+    )
+    assert parse_mount("Output@2:/w/out:rw").mode == pb.DatasetMount.MODE_OUTPUT
+    plain = parse_mount("AdvertiseGen:/home/jovyan/ChatGLM3/finetune_demo/data/AdvertiseGen")
+    assert (plain.path, plain.mode) == ("/home/jovyan/ChatGLM3/finetune_demo/data/AdvertiseGen", 0)
+    notebook = {"TUNELAB_DATASETS": "ChatGLM3:/home/jovyan/ChatGLM3 output:/home/jovyan/out"}
+    assert context_datasets(["output:/home/jovyan/out:rw"], notebook) == ["ChatGLM3:/home/jovyan/ChatGLM3"]

@@ -111,10 +111,10 @@ def submit(
         typer.Option(
             "--datasets",
             "-d",
-            help="NAME[@VERSION]:PATH, repeatable; names in any case (AdvertiseGen is advertisegen). "
-            "PATH is absolute or relative to --working-dir; mounts may nest (code at the working dir, data "
-            "inside it). An `empty`-source dataset is an output. Also from TUNELAB_DATASETS (a notebook's "
-            "mounts).",
+            help="NAME[@VERSION]:PATH[:ro|:rw], repeatable; names in any case (AdvertiseGen is "
+            "advertisegen). PATH is absolute or relative to --working-dir; mounts may nest (code at "
+            "the working dir, data inside it). An `empty`-source dataset is an output unless :ro (e.g. "
+            "an imported model); others are inputs. Also from TUNELAB_DATASETS (a notebook's mounts).",
         ),
     ] = None,
     env: Annotated[

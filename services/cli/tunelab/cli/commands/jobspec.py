@@ -61,21 +61,40 @@ def parse_resources(values: list[str], flag: str = "--resources") -> pb.Resource
     return res
 
 
+MOUNT_MODES = {"ro": "MODE_INPUT", "rw": "MODE_OUTPUT"}
+
+
+def split_mount(text: str) -> tuple[str, str, str]:
+    """``NAME[@VERSION]:PATH[:ro|:rw]`` → (ref, path, mode suffix or "")."""
+    ref, _, rest = text.partition(":")
+    path, sep, mode = rest.rpartition(":")
+    if sep and mode in MOUNT_MODES:
+        return ref, path, mode
+    return ref, rest, ""
+
+
 def parse_mount(text: str) -> pb.DatasetMount:
-    """``NAME[@VERSION]:PATH`` → a mount of datasets/NAME (its latest READY version, or VERSION);
-    NAME is read without regard to case (``AdvertiseGen`` is the dataset ``advertisegen``)."""
+    """``NAME[@VERSION]:PATH[:ro|:rw]`` → a mount of datasets/NAME (its latest READY version, or
+    VERSION); NAME is read without regard to case (``AdvertiseGen`` is the dataset
+    ``advertisegen``). Without a mode an ``empty``-source dataset is an output, any other an input;
+    ``:ro`` mounts the latest version of an output dataset (an imported model) read-only."""
     from tunelab.common.errors import InvalidArgument
     from tunelab.common.names import parse_version, resource_name
     from tunelab.trainer.v1 import trainer_pb2 as pb
 
-    ref, sep, path = text.partition(":")
-    if not sep or not ref.partition("@")[0] or not path:
-        raise _bad(f"{text!r} is not NAME[@VERSION]:PATH, e.g. advertisegen:data/AdvertiseGen", "--datasets")
+    ref, path, mode = split_mount(text)
+    if ":" not in text or not ref.partition("@")[0] or not path:
+        raise _bad(
+            f"{text!r} is not NAME[@VERSION]:PATH[:ro|:rw], e.g. advertisegen:data/AdvertiseGen", "--datasets"
+        )
     try:
         dataset = resource_name("datasets", *parse_version(ref, "datasets", "dataset"))
     except InvalidArgument as exc:
         raise _bad(f"{text!r}: {exc.message}", "--datasets") from None
-    return pb.DatasetMount(dataset=dataset, path=path)
+    mount = pb.DatasetMount(dataset=dataset, path=path)
+    if mode:
+        mount.mode = getattr(pb.DatasetMount, MOUNT_MODES[mode])
+    return mount
 
 
 def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -172,11 +191,11 @@ def context_datasets(explicit: list[str], environ: dict[str, str]) -> list[str]:
     """The mounts of the notebook a job is submitted from (``TUNELAB_DATASETS``: ``NAME[@V]:PATH``
     entries separated by spaces or commas), except where ``--datasets`` mounts something at the
     same path: a job submitted from a notebook sees the files the notebook sees."""
-    taken = {text.partition(":")[2].rstrip("/") for text in explicit}
+    taken = {split_mount(text)[1].rstrip("/") for text in explicit}
     found = []
     for entry in environ.get(CONTEXT_DATASETS, "").replace(",", " ").split():
         if ":" not in entry:
             raise _bad(f"{entry!r} is not NAME[@VERSION]:PATH", CONTEXT_DATASETS)
-        if entry.partition(":")[2].rstrip("/") not in taken:
+        if split_mount(entry)[1].rstrip("/") not in taken:
             found.append(entry)
     return found
