@@ -2,7 +2,8 @@
 
 Readiness: the server is ready when every deployment has a healthy replica (no deployment:
 ready); a model is ready when its deployment has one. Ready answers 200 with an empty body,
-not ready 400 (KServe v2: "4xx = false"), an unknown model 404.
+not ready 400 (KServe v2: "4xx = false"), an unknown model or version 404. Each model has
+the one version the gateway serves (``Route.version``, "1").
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from tunelab.common.errors import NotFound
 from tunelab.gateway.api.openai.serving import caller_of, dumps
 from tunelab.gateway.api.triton.protocol import TritonError
+from tunelab.gateway.api.triton.serving import check_version
 from tunelab.gateway.frontdoor import FrontDoor
 
 router = APIRouter(tags=["KServe v2 and operations"])
@@ -74,21 +76,22 @@ async def ready(request: Request) -> Response:
     return _empty(all(_fd(request).router.table.ready.values()))
 
 
-def _model_ready(request: Request, model: str) -> Response:
+def _model_ready(request: Request, model: str, version: str | None) -> Response:
     route = _fd(request).router.table.get(model)
     if route is None:
         raise NotFound(f"model {model!r} is not deployed")
+    check_version(route, version)
     return _empty(bool(route.healthy))
 
 
 @router.get("/v2/models/{model}/ready", responses=ERRORS)
 async def model_ready(request: Request, model: str = Model) -> Response:
-    return _model_ready(request, model)
+    return _model_ready(request, model, None)
 
 
 @router.get("/v2/models/{model}/versions/{version}/ready", responses=ERRORS)
 async def model_version_ready(request: Request, model: str = Model, version: str = Version) -> Response:
-    return _model_ready(request, model)
+    return _model_ready(request, model, version)
 
 
 @router.get("/v2", response_model=ServerMetadata, responses=ERRORS)
@@ -102,9 +105,9 @@ async def server_metadata() -> Response:
     )
 
 
-def _metadata(request: Request, model: str) -> Response:
-    fd = _fd(request)
-    route = fd.route(model, caller_of(request))
+def _metadata(request: Request, model: str, version: str | None) -> Response:
+    route = _fd(request).route(model, caller_of(request))
+    check_version(route, version)
     body = {
         "name": model,
         "versions": [route.version],
@@ -122,9 +125,9 @@ def _metadata(request: Request, model: str) -> Response:
 
 @router.get("/v2/models/{model}", response_model=ModelMetadata, responses=ERRORS)
 async def model_metadata(request: Request, model: str = Model) -> Response:
-    return _metadata(request, model)
+    return _metadata(request, model, None)
 
 
 @router.get("/v2/models/{model}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
 async def model_version_metadata(request: Request, model: str = Model, version: str = Version) -> Response:
-    return _metadata(request, model)
+    return _metadata(request, model, version)

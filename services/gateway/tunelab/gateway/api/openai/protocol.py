@@ -9,12 +9,12 @@ the routes in the OpenAPI schema.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.common.errors import InvalidArgument
+from tunelab.gateway.api import jsonbody
 
 
 class _Open(BaseModel):
@@ -93,9 +93,9 @@ class ErrorResponse(BaseModel):
 def parse_request(raw: bytes, chat: bool) -> dict[str, Any]:
     """The request as a dict, after the checks the gateway needs."""
     try:
-        body = json.loads(raw)
+        body = jsonbody.loads(raw)
     except ValueError as exc:
-        raise InvalidArgument(f"the request body is not JSON: {exc}") from None
+        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.common.errors import InvalidArgument
+from tunelab.gateway.api import jsonbody
 
 RETURN_FLAGS = (
     "return_finish_reason",
@@ -98,7 +99,7 @@ def _flag(body: dict[str, Any], key: str) -> bool | None:
 
 def parse_generate(raw: bytes) -> Generate:
     try:
-        body = json.loads(raw)
+        body = jsonbody.loads(raw)
     except ValueError as exc:
         raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
     if not isinstance(body, dict):
@@ -112,7 +113,7 @@ def parse_generate(raw: bytes) -> Generate:
     sampling = body.get("sampling_parameters")
     if isinstance(sampling, str):
         try:
-            sampling = json.loads(sampling) if sampling.strip() else {}
+            sampling = jsonbody.loads(sampling.encode()) if sampling.strip() else {}
         except ValueError as exc:
             raise InvalidArgument(f"sampling_parameters: not a JSON string ({exc})") from None
     if sampling is None:

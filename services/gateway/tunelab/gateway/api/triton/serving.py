@@ -30,14 +30,19 @@ ONE_RESPONSE = (
 )
 
 
+def check_version(route: Route, version: str | None) -> None:
+    """Only the version the gateway serves exists; another is not found, as KServe v2 says."""
+    if version is not None and version != route.version:
+        raise NotFound(f"model {route.model!r} has no version {version!r}; it has version {route.version}")
+
+
 class TritonServing:
     def __init__(self, frontdoor: FrontDoor) -> None:
         self.fd = frontdoor
 
     def _route(self, request: Request, model: str, version: str | None, g: Generate) -> Route:
         route = self.fd.route(model, caller_of(request))
-        if version is not None and version != route.version:
-            raise NotFound(f"model {model!r} has no version {version!r}; it has version {route.version}")
+        check_version(route, version)
         if not g.lora_name or g.lora_name == model:
             return route
         adapter = self.fd.route(g.lora_name, caller_of(request))
