@@ -25,7 +25,23 @@ def source_from_pb(msg: pb.Source) -> SourceSpec:
         raise InvalidArgument("dataset.source: set one of http, git, s3, upload, empty, hf")
     data: dict[str, Any] = {"kind": kind}
     data.update(json_format.MessageToDict(getattr(msg, kind), preserving_proto_field_name=True))
+    if kind == "s3":
+        data["secure"] = _s3_secure(msg.s3)
     return spec_from_dict(data)
+
+
+def _s3_secure(msg: pb.S3Source) -> bool:
+    """Whether an S3 source is reached over https.
+
+    ``secure`` is a plain proto3 bool, so an unset field reads as false, the same as an explicit
+    ``--s3-insecure`` (which the CLI sends as ``secure=false`` with the scheme cut off the endpoint).
+    Hence: an ``http://`` or ``https://`` endpoint decides by its scheme; a bare ``host[:port]``
+    follows ``secure`` as sent (false is plain http); no endpoint means AWS, always https.
+    """
+    endpoint = msg.endpoint.strip().lower()
+    if endpoint.startswith(("http://", "https://")):
+        return endpoint.startswith("https://")
+    return msg.secure if endpoint else True
 
 
 def source_to_pb(source: dict[str, Any]) -> pb.Source:

@@ -124,10 +124,14 @@ def _is_abort(exc: Exception, context: grpc.ServicerContext) -> bool:
 
 
 class AuthInterceptor(_WrappingInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every method except health and reflection."""
+    """Requires ``authorization: Bearer <token>`` on every method except health and reflection.
+
+    The scheme is matched in any case (RFC 6750 and RFC 9110 make auth schemes case-insensitive);
+    the token itself is compared exactly, in constant time.
+    """
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def intercept_service(
         self,
@@ -137,8 +141,9 @@ class AuthInterceptor(_WrappingInterceptor):
         if handler_call_details.method.startswith(OPEN_PREFIXES):
             return continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        supplied = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(supplied, self._expected):
+        scheme, _, credentials = str(metadata.get("authorization", "")).strip().partition(" ")
+        token_ok = hmac.compare_digest(credentials.strip().encode(), self._expected)
+        if scheme.lower() == "bearer" and token_ok:
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
         if handler is None:

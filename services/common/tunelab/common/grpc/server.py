@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -59,6 +60,7 @@ class GrpcServer:
         self.name = name
         self.registry = registry or CollectorRegistry()
         self._metrics_port = metrics_port
+        self._metrics_http: WSGIServer | None = None
         self._on_stop = on_stop
         interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(RpcMetrics(self.registry, name))]
         if auth_token:
@@ -86,12 +88,15 @@ class GrpcServer:
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}: the port is taken or the host is wrong")
-        self.address = address.rsplit(":", 1)[0] + f":{self.port}"
+        self.host = address.rsplit(":", 1)[0]
+        self.address = f"{self.host}:{self.port}"
         self._stopped = threading.Event()
 
     def start(self) -> None:
         if self._metrics_port is not None:
-            start_http_server(self._metrics_port, addr="0.0.0.0", registry=self.registry)
+            # /metrics listens where the gRPC port does: a service kept on loopback stays there.
+            host = self.host.removeprefix("[").removesuffix("]")
+            self._metrics_http, _ = start_http_server(self._metrics_port, addr=host, registry=self.registry)
         self._server.start()
         for name in ["", *self._service_names]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -104,9 +109,20 @@ class GrpcServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         if self._on_stop:
             self._on_stop()
         log.info("%s stopped", self.name)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) the /metrics endpoint listens on once started; None when it is off."""
+        if self._metrics_http is None:
+            return None
+        host, port = self._metrics_http.server_address[:2]
+        return str(host), int(port)
 
     def wait(self) -> None:
         self._server.wait_for_termination()
