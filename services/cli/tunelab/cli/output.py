@@ -9,6 +9,7 @@ fast.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -225,8 +226,20 @@ def _scalar_columns(msg: Message) -> list[Column]:
         for f in msg.DESCRIPTOR.fields
         if f.type != FieldDescriptor.TYPE_MESSAGE and not getattr(f, "is_repeated", False)
     ]
-    return [(f.name.upper(), _getter(f.name)) for f in fields]
+    return [(f.name.upper(), _enum_getter(f) if f.enum_type else _getter(f.name)) for f in fields]
 
 
 def _getter(name: str) -> Callable[[Any], object]:
     return lambda msg: getattr(msg, name)
+
+
+def _enum_getter(field: Any) -> Callable[[Any], object]:
+    """An enum column by name, less its type's prefix: an ApiKey's ``state`` 1 → ``ACTIVE``."""
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", field.enum_type.name).upper() + "_"
+
+    def name(msg: Any) -> object:
+        number = getattr(msg, field.name)
+        value = field.enum_type.values_by_number.get(number)
+        return value.name.removeprefix(prefix) if value else number
+
+    return name

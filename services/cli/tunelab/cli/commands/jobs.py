@@ -71,7 +71,9 @@ def submit(
     name: Annotated[
         str,
         typer.Option(
-            "--name", help="Job name (letters, digits, '-'; stored lower-case); default: generated."
+            "--name",
+            help="Job name (letters, digits, '-'; read as lower-case, e.g. FineTune-X is finetune-x); "
+            "default: generated.",
         ),
     ] = "",
     job_type: Annotated[
@@ -181,7 +183,13 @@ def submit(
     """
     import os
 
-    from tunelab.cli.commands.jobspec import CONTEXT_DATASETS, SubmitFlags, build_spec, context_datasets
+    from tunelab.cli.commands.jobspec import (
+        CONTEXT_DATASETS,
+        SubmitFlags,
+        build_spec,
+        context_datasets,
+        job_id,
+    )
     from tunelab.cli.jobview import follow_job, job_state, short
 
     inherited = context_datasets(datasets or [], dict(os.environ))
@@ -196,8 +204,7 @@ def submit(
     )  # fmt: skip
     spec = build_spec(flags)
     trainer = client(ctx)
-    job_id = name if name and name == name.lower() and " " not in name else ""
-    job = trainer.submit(spec, job_id, validate_only=dry_run)
+    job = trainer.submit(spec, job_id(name), validate_only=dry_run)
     if spec.image and job.executor == "local":
         note = f"--image {spec.image} is recorded, not used"
         typer.echo(f"note: the local executor runs commands on this host; {note}", err=True)

@@ -15,10 +15,33 @@ BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei":
 DECIMAL = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$")
 POLICIES = {"never": "NEVER", "on-failure": "ON_FAILURE", "onfailure": "ON_FAILURE", "always": "ALWAYS"}
+INT32 = (-(2**31), 2**31 - 1)
 
 
 def _bad(message: str, flag: str) -> typer.BadParameter:
     return typer.BadParameter(message, param_hint=f"'{flag}'")
+
+
+def int32(value: int, flag: str) -> int:
+    """``value`` when it fits the int32 field it goes to; a usage error naming ``flag`` if not."""
+    low, high = INT32
+    if not low <= value <= high:
+        raise _bad(f"{value} is out of range: use {low} to {high} (int32)", flag)
+    return value
+
+
+def job_id(name: str) -> str:
+    """``--name`` → the job id: ``FineTune-ChatGLM3`` is ``finetune-chatglm3``; "" lets the
+    trainer generate one. A name invalid after folding is refused with what to write instead."""
+    from tunelab.common.errors import InvalidArgument
+    from tunelab.common.names import check_id
+
+    if not name:
+        return ""
+    try:
+        return check_id(name, "job")
+    except InvalidArgument as exc:
+        raise _bad(exc.message, "--name") from None
 
 
 def cpu_millis(text: str, flag: str = "--resources") -> int:
@@ -151,7 +174,7 @@ def build_spec(f: SubmitFlags) -> pb.JobSpec:
         display_name=f.name,
         type=getattr(pb, f"JOB_TYPE_{kind}"),
         image=f.image,
-        workers=f.workers,
+        workers=int32(f.workers, "--workers"),
         queue=f"queues/{f.queue}" if f.queue and not f.queue.startswith("queues/") else f.queue,
         working_dir=f.working_dir,
         datasets=[parse_mount(d) for d in f.datasets],
@@ -163,17 +186,17 @@ def build_spec(f: SubmitFlags) -> pb.JobSpec:
         env_vars=parse_pairs(f.env_vars, "--envs"),
         shm_size_bytes=f.shm_size_mib * 2**20,
         workload=pb.WORKLOAD_SERVER if f.server else pb.WORKLOAD_BATCH,
-        port=f.port,
+        port=int32(f.port, "--port"),
     )
     if f.priority.strip().lstrip("-").isdigit():
-        spec.priority = int(f.priority)
+        spec.priority = int32(int(f.priority), "--priority")
     else:
         spec.priority_class = f.priority
     spec.resources.CopyFrom(parse_resources(f.resources))
     if f.requests:
         spec.requests.CopyFrom(parse_resources(f.requests, "--requests-resources"))
     if f.backoff_limit is not None:
-        spec.backoff_limit = f.backoff_limit
+        spec.backoff_limit = int32(f.backoff_limit, "--backoff-limit")
     if f.max_run_duration_s:
         spec.max_run_duration.FromNanoseconds(int(f.max_run_duration_s * 1e9))
     if f.output_commit_interval_s:
