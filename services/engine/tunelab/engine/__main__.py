@@ -27,7 +27,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests"
     )
-    p.add_argument("--default-max-tokens", type=int, default=16)
+    p.add_argument(
+        "--default-max-tokens", type=int, default=16, help="a completion's max_tokens when it has none"
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="prompt plus completion, in tokens (default: the model's context, from its config)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=8 * 1024 * 1024,
+        help="largest request body read; larger ones are answered 413 (default 8 MiB: above the "
+        "gateway's 4 MiB, as the gateway adds fields to the bodies it passes on)",
+    )
     p.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -78,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("tunelab.engine")
     what = args.model
     try:
-        model = ServedModel(args.model, args.served_model_name, device, args.dtype, args.trust_remote_code)
+        model = ServedModel(
+            args.model,
+            args.served_model_name,
+            device,
+            args.dtype,
+            args.trust_remote_code,
+            args.max_model_len,
+        )
         for name, _, path in modules:
             what = f"adapter {name} ({path})"
             model.load_adapter(name, path)
@@ -93,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     batcher = Batcher(model, args.max_batch_size, args.batch_wait_ms / 1000)
     batcher.start()
     log.info("serving %s on %s:%d", ", ".join(model.names()), args.host, args.port)
-    app = build_app(model, batcher, args.default_max_tokens)
+    app = build_app(model, batcher, args.default_max_tokens, args.max_body_bytes)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     batcher.stop()
     return 0

@@ -4,6 +4,8 @@
 usage in the last chunk with ``stream_options.include_usage``), ``/v1/models``, ``/health``,
 ``/metrics``, and vLLM's runtime LoRA routes ``/v1/load_lora_adapter`` and
 ``/v1/unload_lora_adapter``. A client that disconnects cancels its generation at the next step.
+Bodies over ``max_body_bytes`` are answered 413, and prompts that do not fit the model's context 400
+(``limits``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from tunelab.engine.batcher import Batcher, Delta, Finish, GenRequest
+from tunelab.engine.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit, ContextTooLong, completion_budget
 from tunelab.engine.model import ServedModel, UnknownModel
 from tunelab.engine.protocol import (
     ChatRequest,
@@ -35,8 +38,16 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse(error_body(message, status), status_code=status)
 
 
-def build_app(model: ServedModel, batcher: Batcher, default_max_tokens: int = 16) -> FastAPI:
+def build_app(
+    model: ServedModel,
+    batcher: Batcher,
+    default_max_tokens: int = 16,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """``default_max_tokens``: a completion's max_tokens when it has none (vLLM's 16); a chat without
+    one may fill the rest of the context, as in vLLM."""
     app = FastAPI(title="tunelab engine")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     registry = CollectorRegistry()
     requests = Counter(
         "tunelab_engine_requests", "Generation requests.", ["model", "finish"], registry=registry
@@ -54,6 +65,10 @@ def build_app(model: ServedModel, batcher: Batcher, default_max_tokens: int = 16
         msg = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
         return _error(msg, 400)
 
+    @app.exception_handler(ContextTooLong)
+    async def too_long(request: Request, exc: ContextTooLong) -> JSONResponse:
+        return _error(str(exc), 400)
+
     @app.exception_handler(UnknownModel)
     async def unknown(request: Request, exc: UnknownModel) -> JSONResponse:
         return _error(f"The model `{exc.args[0]}` does not exist.", 404)
@@ -61,10 +76,12 @@ def build_app(model: ServedModel, batcher: Batcher, default_max_tokens: int = 16
     def submit(
         req: CompletionRequest | ChatRequest, prompt: str | list[int], max_tokens: int | None
     ) -> GenRequest:
+        ids = model.encode(prompt, req.add_special_tokens)  # a chat's prompt: ids already
+        default = default_max_tokens if isinstance(req, CompletionRequest) else None
         gen = GenRequest(
-            ids=model.encode(prompt, req.add_special_tokens),  # a chat's prompt: ids already
+            ids=ids,
             adapter=model.adapter_of(req.model),
-            max_tokens=max_tokens or default_max_tokens,
+            max_tokens=completion_budget(model.max_model_len, len(ids), max_tokens, default),
             sampling=req.sampling(),
             stop=req.stops(),
             loop=asyncio.get_running_loop(),

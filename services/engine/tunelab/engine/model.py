@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tunelab.engine.limits import context_length
+
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -86,6 +88,7 @@ class ServedModel:
         device: str = "cpu",
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        max_model_len: int | None = None,
     ) -> None:
         self.path = path
         self.name = served_name or Path(path).name
@@ -105,6 +108,15 @@ class ServedModel:
             path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
         )
         self.model: Any = model.to(device).eval()
+        # Prompt plus completion, in tokens: the config's context, or less where asked (vLLM's
+        # --max-model-len); more than the model was trained for is refused, as vLLM does by default.
+        derived = context_length(model.config)
+        if max_model_len is not None and max_model_len > derived:
+            raise LoadError(
+                f"--max-model-len {max_model_len} is more than the model's context ({derived} tokens, "
+                "from its config.json): leave it out or give at most that"
+            )
+        self.max_model_len = max_model_len or derived
         self.stop_ids = frozenset(
             _ids(self.tokenizer.eos_token_id)
             | _ids(model.config.eos_token_id)

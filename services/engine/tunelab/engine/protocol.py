@@ -72,7 +72,12 @@ class UnloadLoraRequest(BaseModel):
 
 
 def error_body(message: str, status: int) -> dict[str, Any]:
-    kinds = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}
+    kinds = {
+        400: "BadRequestError",
+        413: "BadRequestError",
+        404: "NotFoundError",
+        503: "ServiceUnavailableError",
+    }
     return {
         "error": {
             "message": message,

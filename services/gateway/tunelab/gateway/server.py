@@ -127,7 +127,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         open_health=settings.open_health,
     )
     http = HttpServer(
-        build_asgi(frontdoor),
+        build_asgi(frontdoor, settings.max_body_bytes),
         settings.http_listen_host,
         settings.http_port,
         fast=settings.uvloop,

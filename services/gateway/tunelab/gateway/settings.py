@@ -60,6 +60,12 @@ class GatewaySettings(ServiceSettings):
     default_chat_max_tokens: int = Field(
         default=1024, ge=1, description="max_tokens sent upstream when a chat request has none."
     )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="Largest request body the HTTP front door reads; larger ones are answered 413 "
+        "(a Content-Length over it before any byte is read).",
+    )
     health_interval_s: float = Field(default=5.0, gt=0, description="Replica health checks.")
     load_timeout_s: float = Field(default=600.0, gt=0, description="Longest a replica may take to load.")
     drain_timeout_s: float = Field(default=30.0, ge=0, description="Wait for in-flight requests on delete.")

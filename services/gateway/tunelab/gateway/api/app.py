@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from tunelab.gateway.api import errors, ops
+from tunelab.gateway.api.bodylimit import DEFAULT_MAX_BODY_BYTES
 from tunelab.gateway.api.entry import FrontDoorASGI
 from tunelab.gateway.api.openai.api_router import router as openai_router
 from tunelab.gateway.api.openai.serving import OpenAIServing
@@ -31,6 +32,7 @@ def build_app(frontdoor: FrontDoor) -> FastAPI:
     return app
 
 
-def build_asgi(frontdoor: FrontDoor) -> FrontDoorASGI:
-    """What the HTTP server runs: the app behind the API-key check and the generate fast path."""
-    return FrontDoorASGI(build_app(frontdoor), frontdoor)
+def build_asgi(frontdoor: FrontDoor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FrontDoorASGI:
+    """What the HTTP server runs: the app behind the API-key check, the body size limit and the
+    generate fast path."""
+    return FrontDoorASGI(build_app(frontdoor), frontdoor, max_body_bytes)

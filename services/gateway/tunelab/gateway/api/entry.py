@@ -1,5 +1,6 @@
-"""The ASGI entry of the HTTP front door: API keys for every path, then the generate routes
-straight to their handlers, everything else to the FastAPI app.
+"""The ASGI entry of the HTTP front door: API keys for every path, the body size limit
+(``api.bodylimit``), then the generate routes straight to their handlers, everything else to the
+FastAPI app.
 
 Why the direct dispatch: the generate routes are the gateway's hot path, and FastAPI's own layers
 (its middleware stack, route matching through included routers, the endpoint wrapper) cost more
@@ -20,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from tunelab.common.errors import TunelabError
 from tunelab.gateway.api.auth import authorize
+from tunelab.gateway.api.bodylimit import DEFAULT_MAX_BODY_BYTES, bounded, check_declared
 from tunelab.gateway.api.errors import answer_error, error_response
 from tunelab.gateway.frontdoor import FrontDoor
 
@@ -28,9 +30,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class FrontDoorASGI:
-    def __init__(self, app: FastAPI, frontdoor: FrontDoor) -> None:
+    def __init__(
+        self, app: FastAPI, frontdoor: FrontDoor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    ) -> None:
         self.app = app
         self.frontdoor = frontdoor
+        self.max_body_bytes = max_body_bytes
         openai = app.state.openai
         self._openai: dict[str, Handler] = {
             "/v1/completions": lambda r: openai.generate(r, chat=False),
@@ -55,9 +60,11 @@ class FrontDoorASGI:
         state = scope.setdefault("state", {})
         try:
             state["caller"] = authorize(scope, self.frontdoor)
+            check_declared(scope, self.max_body_bytes)
         except TunelabError as exc:
             await error_response(scope["path"], exc)(scope, receive, send)
             return
+        receive = bounded(receive, self.max_body_bytes)
         handler = self._handler(scope["path"]) if scope["method"] == "POST" else None
         if handler is None:
             await self.app(scope, receive, send)

@@ -2,8 +2,8 @@
 
 Two body shapes, by route: OpenAI's error object for ``/v1/*`` (with vLLM's integer ``code``),
 ``{"error": "..."}`` for everything else (Triton generate and KServe v2). Statuses follow Triton's
-mapping (invalid argument 400, not found 404, unavailable 503, internal 500) plus 401, 403, 429
-and 504; 429 and 503 carry Retry-After. Unknown exceptions are logged with an incident id and
+mapping (invalid argument 400, not found 404, unavailable 503, internal 500) plus 401, 403, 413,
+429 and 504; 429 and 503 carry Retry-After. Unknown exceptions are logged with an incident id and
 answered 500 without the traceback.
 """
 
@@ -19,12 +19,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from tunelab.common import errors
+from tunelab.gateway.api.bodylimit import BodyTooLarge
 from tunelab.gateway.errors import ModelNotReady, Overloaded, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
 STATUS: tuple[tuple[type[errors.TunelabError], int], ...] = (
     (UpstreamTimeout, 504),
+    (BodyTooLarge, 413),
     (errors.InvalidArgument, 400),
     (errors.NotFound, 404),
     (errors.AlreadyExists, 400),
