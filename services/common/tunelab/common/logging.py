@@ -8,6 +8,10 @@ import sys
 import time
 from typing import Any
 
+# HTTP client libraries that log every request at INFO: the gateway's health checks alone made
+# 506 of 544 lines of its log. Their warnings and errors still show; at level debug, everything.
+_PER_REQUEST_LOGGERS = ("httpx", "httpcore")
+
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
@@ -37,6 +41,9 @@ def setup_logging(level: str = "info", service: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    for name in _PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
     if service:
         old_factory = logging.getLogRecordFactory()
 

@@ -1,18 +1,47 @@
 """Embedded replicas: ``python -m tunelab.engine`` processes the gateway starts, one per replica,
-each on a free local port, logging to ``<data_dir>/gateway/logs/<deployment>-<n>.log``."""
+each on a free local port, logging to ``<data_dir>/gateway/logs/<deployment>-<n>.log``.
+
+An engine dies with its gateway: on Linux each one is started with the parent-death signal set
+(``PR_SET_PDEATHSIG``), so a gateway killed with SIGKILL leaves no engine behind holding memory, a
+GPU and a port after its restart has started new ones."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.gateway.specs import UpstreamSpec
 
 log = logging.getLogger(__name__)
+
+# Run as ``python -c _ORPHAN_GUARD <gateway pid> <command...>``: sets the parent-death signal, then
+# becomes the command (exec keeps the signal). preexec_fn would do the same in the forked child, but
+# it is unsafe in a multithreaded process (gRPC's fork handlers warn of it), so a fresh interpreter
+# does it instead. If the gateway died before prctl, the parent is already another process: exit.
+# SIGKILL rather than SIGTERM: with the gateway gone the engine has no client left and no state to
+# save (the kernel frees its memory, GPU and port), while a graceful stop may wait on a generation.
+_ORPHAN_GUARD = """\
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the gateway that started this engine has exited")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def tied_to_this_process(cmd: list[str]) -> list[str]:
+    """``cmd`` run so that it is killed when this process dies (Linux; elsewhere ``cmd`` as is)."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), *cmd]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -71,6 +100,18 @@ class EngineLauncher:
     def __init__(self, python: str, log_dir: Path) -> None:
         self.python = python
         self.log_dir = log_dir
+        # The parent-death signal fires when the *thread* that forked the child exits, not the
+        # process: engines are forked from this one thread, which lives as long as the gateway.
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="engine-spawn")
+
+    def spawn(self, cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        """Starts ``cmd``, tied to the gateway's life, with stdout and stderr appended to ``log_path``."""
+        return self._spawner.submit(self._popen, tied_to_this_process(cmd), log_path).result()
+
+    @staticmethod
+    def _popen(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as out:
+            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def start(
         self, name: str, model: Path, served_name: str, adapters: dict[str, Path], upstream: UpstreamSpec
@@ -90,7 +131,6 @@ class EngineLauncher:
             cmd.append("--trust-remote-code")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        with log_path.open("ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = self.spawn(cmd, log_path)
         log.info("started engine %s", name, extra={"pid": proc.pid, "port": port, "model": str(model)})
         return EngineProcess(f"http://127.0.0.1:{port}", proc, log_path)
