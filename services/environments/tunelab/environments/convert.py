@@ -6,10 +6,11 @@ from tunelab.common.protoconv import timestamp
 from tunelab.common.storage.manifest import FileEntry
 from tunelab.environments.catalog import BuildRecord, LeaseRecord
 from tunelab.environments.gc import GcResult
+from tunelab.environments.limits import MAX_LIST_PAGE_BYTES, clip
 from tunelab.environments.pack import Layer
 from tunelab.environments.registry import LogLine
 from tunelab.environments.spec import Index, Spec
-from tunelab.environments.store import EnvView
+from tunelab.environments.store import EnvView, list_token
 from tunelab.environments.v1 import environments_pb2 as pb
 
 STATE = {
@@ -113,6 +114,35 @@ def env_to_pb(view: EnvView, with_lock: bool = True) -> pb.Environment:
     if build is not None:
         msg.artifact.CopyFrom(artifact_to_pb(build))
     return msg
+
+
+def env_list_view_to_pb(view: EnvView) -> pb.Environment:
+    """The list view: the bulky fields left out (requirements, constraints, lock, layers) and
+    free text cut short; GetEnvironment returns them whole."""
+    msg = env_to_pb(view, with_lock=False)
+    msg.spec.ClearField("requirements")
+    msg.spec.ClearField("constraints")
+    if msg.HasField("artifact"):
+        msg.artifact.ClearField("layers")
+    msg.description = clip(msg.description)
+    msg.error = clip(msg.error)
+    return msg
+
+
+def list_to_pb(
+    views: list[EnvView], next_page_token: str, max_bytes: int = MAX_LIST_PAGE_BYTES
+) -> pb.ListEnvironmentsResponse:
+    """A page of list views that stops early, with a token after its last, past ``max_bytes``."""
+    resp = pb.ListEnvironmentsResponse(next_page_token=next_page_token)
+    used = 0
+    for i, view in enumerate(views):
+        msg = env_list_view_to_pb(view)
+        used += msg.ByteSize()
+        if i > 0 and used > max_bytes:
+            resp.next_page_token = list_token(views[i - 1].record)
+            break
+        resp.environments.append(msg)
+    return resp
 
 
 def log_to_pb(line: LogLine) -> pb.BuildLogLine:

@@ -40,8 +40,7 @@ class EnvironmentServicer(environments_pb2_grpc.EnvironmentServiceServicer):
         self, request: pb.ListEnvironmentsRequest, context: grpc.ServicerContext
     ) -> pb.ListEnvironmentsResponse:
         views, token = self.store.list_environments(request.page_token, request.page_size)
-        envs = [convert.env_to_pb(v, with_lock=False) for v in views]
-        return pb.ListEnvironmentsResponse(environments=envs, next_page_token=token)
+        return convert.list_to_pb(views, token)
 
     def DeleteEnvironment(
         self, request: pb.DeleteEnvironmentRequest, context: grpc.ServicerContext

@@ -15,6 +15,7 @@ from tunelab.environments.builder import manifest_key
 from tunelab.environments.catalog import BuildRecord, Catalog, LeaseRecord
 from tunelab.environments.gc import Collector, GcResult
 from tunelab.environments.jobs import BuildJobs
+from tunelab.environments.limits import check_metadata, check_spec
 from tunelab.environments.registry import EnvRecord, LogLine, Registry
 from tunelab.environments.spec import Spec, validate
 from tunelab.environments.uv import Uv
@@ -65,6 +66,8 @@ class EnvironmentStore:
         replace: bool = False,
     ) -> EnvView:
         env_id = check_id(env_id, "environment_id")
+        check_spec(spec)
+        check_metadata(description, labels or {})
         validate(spec, self.allow_unsafe)
         python = self.uv.find_python(spec.python_version)
         rec = EnvRecord(
@@ -110,7 +113,7 @@ class EnvironmentStore:
                     f"page_token {page_token!r} did not come from ListEnvironments"
                 ) from None
         items = self.registry.page(before, size)
-        token = f"{items[-1].create_time!r}:{items[-1].id}" if len(items) == size else ""
+        token = list_token(items[-1]) if len(items) == size else ""
         return [self.view(r) for r in items], token
 
     def delete(self, env_id: str, force: bool = False) -> None:
@@ -245,6 +248,11 @@ def _skip(chunks: Iterator[bytes], offset: int) -> Iterator[bytes]:
             continue
         yield chunk[offset:]
         offset = 0
+
+
+def list_token(rec: EnvRecord) -> str:
+    """The ListEnvironments page_token that continues after ``rec``."""
+    return f"{rec.create_time!r}:{rec.id}"
 
 
 def _page_size(requested: int, default: int = 100, maximum: int = 1000) -> int:

@@ -221,6 +221,9 @@ def create(
 def list_environments(ctx: typer.Context, output: OutputOpt = None) -> None:
     """List environments, newest first.
 
+    The list leaves out the requirements and constraints text, the lock and the layers; `tunelab
+    env get NAME` shows them.
+
     Example:
 
         tunelab env ls -o json
