@@ -153,7 +153,9 @@ class EnvironmentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEnvironments(self, request, context):
-        """Lists environments, newest first; `lock` is left empty (GetEnvironment returns it).
+        """Lists environments, newest first, in a summary view: `lock`, the spec's requirements and
+        constraints text and the artifact's layers are left empty, description and error shortened
+        (GetEnvironment returns them whole). A page also ends at about 1 MiB, with a next_page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
