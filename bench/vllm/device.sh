@@ -9,6 +9,9 @@
 #                                         # carry [".vllmx/c2"]: the rest of the bundle, its md5 and the
 #                                         # wheels; unpacks, installs, runs run.py --out "$OUT" ARGS
 #
+# `run --upstream workload --skip-bench --result bench/results/vllm-workload.json` has the trainer run
+# `vllm serve` as a server job (what `tunelab model deploy --runtime vllm` does) instead of starting it here.
+#
 # What run.py does there (about 8 minutes): basemodel.py builds a random ChatGLM3-shaped ~1B in THUDM's
 # layout on the GPU and imports it (`python -m tunelab.recipes.glm import`, sentencepiece from the
 # image), the recipe trains the adapter (LoRA on q/k/v, one shared lora_A), vLLM serves the imported
@@ -27,7 +30,9 @@
 #       --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 #       --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 -d .vllmx/c2/wheels \
 #       grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2 \
-#       pydantic-settings==2.16.3 python-dotenv==1.2.4 SQLAlchemy==2.1.9 httptools==0.9.0
+#       pydantic-settings==2.16.3 python-dotenv==1.2.4 SQLAlchemy==2.1.9 httptools==0.9.0 \
+#       typer==0.29.3 click==8.5.1 rich==15.0.0 shellingham==1.5.4 markdown-it-py==4.3.0 mdurl==0.1.2 \
+#       pygments==2.21.0 zstandard==0.25.0   # the job agent (`tunelab agent`), for --upstream workload
 #   # optional fallback adapter: the 1b base (ChatGLM3-shaped, imported) built on the CPU, 3 recipe steps
 #   PYTHONPATH=services/trainer python bench/vllm/basemodel.py /tmp/fb/base /tmp/fb/data --size 1b --device cpu
 #   PYTHONPATH=services/trainer python -m tunelab.recipes.lora /tmp/fb/data /tmp/fb/base services/trainer/tunelab/recipes/lora/configs/lora.yaml \
