@@ -220,3 +220,21 @@ def trainer_process(
     kill_job_sessions(data_dir)
     channel.close()
     proc.stop()
+
+
+@pytest.fixture
+def cli(stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``cli(*args)``: `tunelab ARGS` in this process against ``stack``'s trainer, with no config
+    file, stack or token of this machine in the way; returns typer's Result."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import app
+
+    monkeypatch.setenv("TUNELAB_CONFIG", str(tmp_path / "no-config.yaml"))
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(tmp_path / "no-stack"))
+    monkeypatch.setenv("TUNELAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNELAB_TRAINER_ADDR", stack.address)
+    monkeypatch.delenv("TUNELAB_TOKEN", raising=False)
+    monkeypatch.delenv("TUNELAB_OUTPUT", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")  # usage errors on one line
+    return lambda *args: CliRunner().invoke(app, list(args))

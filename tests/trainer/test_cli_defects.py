@@ -8,25 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from tunelab.cli.main import app
-
-
-@pytest.fixture
-def cli(stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("TUNELAB_CONFIG", str(tmp_path / "no-config.yaml"))
-    monkeypatch.setenv("TUNELAB_DATA_DIR", str(tmp_path / "no-stack"))
-    monkeypatch.setenv("TUNELAB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TUNELAB_TRAINER_ADDR", stack.address)
-    monkeypatch.delenv("TUNELAB_TOKEN", raising=False)
-    monkeypatch.delenv("TUNELAB_OUTPUT", raising=False)
-    monkeypatch.setenv("COLUMNS", "200")  # usage errors on one line
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(app, list(args))
-
-    return invoke
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
-from typer.testing import CliRunner, Result
 
 from jobhelpers import (
     CANCELLED,
@@ -29,7 +27,6 @@ from jobhelpers import (
     wait_for,
     wait_until,
 )
-from tunelab.cli.main import app
 from tunelab.trainer import records
 from tunelab.trainer.agentapi import with_port
 from tunelab.trainer.convert import job_to_pb
@@ -83,21 +80,6 @@ def answering(client: Any, name: str, attempt: int) -> tuple[pb.Job, str]:
     body = wait_until(lambda: fetch(job.endpoint), what=f"an answer from {job.endpoint}")
     assert body.startswith(f"attempt {attempt} pid "), body
     return job, body
-
-
-@pytest.fixture
-def cli(stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("TUNELAB_CONFIG", str(tmp_path / "no-config.yaml"))
-    monkeypatch.setenv("TUNELAB_DATA_DIR", str(tmp_path / "no-stack"))
-    monkeypatch.setenv("TUNELAB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TUNELAB_TRAINER_ADDR", stack.address)
-    monkeypatch.delenv("TUNELAB_TOKEN", raising=False)
-    monkeypatch.delenv("TUNELAB_OUTPUT", raising=False)
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(app, list(args))
-
-    return invoke
 
 
 def test_a_server_answers_is_restarted_whenever_it_exits_and_is_cancelled(stack: Any, cli: Any) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunelab.trainer.quantities import cpu_quantity
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
 Manifest = dict[str, Any]
@@ -130,7 +131,7 @@ def _metadata(cfg: PodConfig, spec: pb.JobSpec, job_id: str, attempt: int) -> Ma
 def _quantities(res: pb.Resources) -> dict[str, str]:
     out: dict[str, str] = {}
     if res.cpu_millis:
-        out["cpu"] = str(res.cpu_millis // 1000) if res.cpu_millis % 1000 == 0 else f"{res.cpu_millis}m"
+        out["cpu"] = cpu_quantity(res.cpu_millis)
     if res.memory_bytes:
         out["memory"] = str(res.memory_bytes)
     if res.gpu_count:
