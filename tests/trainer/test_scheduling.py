@@ -149,6 +149,8 @@ def test_cancel_a_queued_job_and_a_graceful_one(stack) -> None:
     )
     job = client.submit(spec(py(graceful)), "graceful")
     wait_until(lambda: "up" in log_text(client, job.name).split(), 30, "the command")
+    # The attempt runs as its job does (not STARTING for its whole life).
+    wait_until(lambda: client.get(job.name).attempts[-1].state == RUNNING, 30, "the attempt RUNNING")
     client.cancel(job.name)
     done = wait_for(client, job.name, timeout=20)
     assert done.state == CANCELLED and "bye" in log_text(client, job.name).split()

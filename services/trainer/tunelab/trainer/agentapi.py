@@ -200,3 +200,5 @@ class AgentApi:
                 if "state" in changes and self.registry.get_job(job.id).state not in (STARTING, RUNNING):
                     del changes["state"]  # cancelled meanwhile
                 self.registry.update_job(job.id, **changes)
+                if "state" in changes and job.attempt:
+                    self.registry.update_attempt(job.id, job.attempt, state=changes["state"])
