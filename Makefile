@@ -11,7 +11,7 @@ SERVICES  := services/common services/datasets services/environments services/tr
 STAMP     := $(VENV)/.installed
 TORCH     ?= torch==2.13.0
 
-.PHONY: help setup tools protos protos-check lint validate test demo bench-prewarm bench-envbuild bench-gateway bench-train bench-vllm bench-vllm-rehearsal clean
+.PHONY: help setup tools protos protos-check lint validate images compose-test test demo bench-prewarm bench-envbuild bench-gateway bench-train bench-vllm bench-vllm-rehearsal clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,14 @@ lint: $(STAMP) tools protos-check  ## ruff, mypy, buf lint
 
 validate: setup  ## deploy files: hadolint, image locks, Compose v2's parser, promtool, kustomize + kubernetes-validate
 	scripts/validate-deploy.sh
+
+# The images compose.yaml and k8s/ name, built locally; IMAGES picks some (see docker/build.sh).
+IMAGES ?=
+images:  ## build the images (ghcr.io/tunelab/<name>:dev) from docker/, on digest-pinned bases
+	PYTHON=$(PY) docker/build.sh $(IMAGES)
+
+compose-test: setup  ## docker compose up for real: images built, the cpu stack walked through, k8s pods simulated (root)
+	$(PY) scripts/compose_test
 
 PYTEST_ARGS ?=
 test: setup  ## run the test suite (real S3 servers and services are started by fixtures)

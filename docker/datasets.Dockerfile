@@ -2,9 +2,13 @@
 # Build from the repository root:  docker build -f docker/datasets.Dockerfile -t ghcr.io/tunelab/datasets .
 # No torch here: docker/requirements/datasets.txt is the whole dependency set.
 
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+# Base images: plain tags here; `make images` pins them by digest (docker/bases.lock).
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-FROM python:3.11-slim-bookworm AS build
+FROM ${UV_IMAGE} AS uv
+
+FROM ${PYTHON_IMAGE} AS build
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_NO_CACHE=1 UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=/opt/tunelab
 RUN uv venv --python /usr/local/bin/python3.11 /opt/tunelab
@@ -15,7 +19,7 @@ COPY services/common /src/common
 COPY services/datasets /src/datasets
 RUN uv pip install --no-deps /src/common /src/datasets
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 # git for `--source git+https://…` datasets. Not pinned to an exact version: Debian's archive drops a
 # version once a security update supersedes it, so a pin would break rebuilds (the tag fixes the release).
 # hadolint ignore=DL3008

@@ -4,9 +4,13 @@
 # Build from the repository root:  docker build -f docker/engine.Dockerfile -t ghcr.io/tunelab/engine .
 # CPU torch by default (small); a CUDA build:  --build-arg TORCH_INDEX_URL=https://pypi.org/simple
 
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+# Base images: plain tags here; `make images` pins them by digest (docker/bases.lock).
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-FROM python:3.11-slim-bookworm AS build
+FROM ${UV_IMAGE} AS uv
+
+FROM ${PYTHON_IMAGE} AS build
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_NO_CACHE=1 UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=/opt/tunelab
 RUN uv venv --python /usr/local/bin/python3.11 /opt/tunelab
@@ -19,7 +23,7 @@ RUN uv pip install --no-deps --require-hashes -r /tmp/requirements.txt
 COPY services/engine /src/engine
 RUN uv pip install --no-deps /src/engine
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 tunelab \
     && useradd --system --no-log-init --uid 10001 --gid tunelab --home-dir /var/lib/tunelab --create-home tunelab \
     && install -d -o tunelab -g tunelab /var/lib/tunelab/huggingface

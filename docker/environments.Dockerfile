@@ -5,9 +5,13 @@
 # Environments are virtual environments over this image's interpreter, /usr/local/bin/python3.11,
 # so they run where that same interpreter is: the trainer image (same base). TUNELAB_PYTHONS lists it.
 
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+# Base images: plain tags here; `make images` pins them by digest (docker/bases.lock).
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-FROM python:3.11-slim-bookworm AS build
+FROM ${UV_IMAGE} AS uv
+
+FROM ${PYTHON_IMAGE} AS build
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_NO_CACHE=1 UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=/opt/tunelab
 RUN uv venv --python /usr/local/bin/python3.11 /opt/tunelab
@@ -18,7 +22,7 @@ COPY services/common /src/common
 COPY services/environments /src/environments
 RUN uv pip install --no-deps /src/common /src/environments
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 tunelab \
     && useradd --system --no-log-init --uid 10001 --gid tunelab --home-dir /var/lib/tunelab --create-home tunelab
 COPY --from=build /opt/tunelab /opt/tunelab

@@ -3,9 +3,13 @@
 # No torch here: docker/requirements/gateway.txt is the whole dependency set. The gateway reaches
 # vLLM or the engine image over HTTP; it cannot start embedded engines itself (no tunelab-engine).
 
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+# Base images: plain tags here; `make images` pins them by digest (docker/bases.lock).
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-FROM python:3.11-slim-bookworm AS build
+FROM ${UV_IMAGE} AS uv
+
+FROM ${PYTHON_IMAGE} AS build
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_NO_CACHE=1 UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=/opt/tunelab
 RUN uv venv --python /usr/local/bin/python3.11 /opt/tunelab
@@ -16,10 +20,11 @@ COPY services/common /src/common
 COPY services/gateway /src/gateway
 RUN uv pip install --no-deps /src/common /src/gateway
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
+# `install -d` owns only the last directory it names: each level the gateway writes is listed.
 RUN groupadd --system --gid 10001 tunelab \
     && useradd --system --no-log-init --uid 10001 --gid tunelab --home-dir /var/lib/tunelab --create-home tunelab \
-    && install -d -o tunelab -g tunelab /var/lib/tunelab/gateway/models
+    && install -d -o tunelab -g tunelab /var/lib/tunelab/gateway /var/lib/tunelab/gateway/models
 COPY --from=build /opt/tunelab /opt/tunelab
 # NVIDIA_DRIVER_CAPABILITIES=utility: where a GPU is given, NVML only (the GPU series on /metrics).
 ENV PATH=/opt/tunelab/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \

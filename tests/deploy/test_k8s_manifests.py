@@ -27,7 +27,8 @@ KUBECTL = shutil.which("kubectl")
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 ARGS = (K8S / "validate.args").read_text().split()
 SERVICES = {"datasets": 50051, "environments": 50052, "trainer": 50053, "gateway": 50054}
-JOB_VERBS = {"create", "delete", "get", "list", "watch"}
+# What the Kubernetes executor calls (its client has no watch); pods it only reads.
+JOB_VERBS = {"create", "delete", "get", "list"}
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (needed for kustomize)")
 
@@ -190,7 +191,11 @@ def test_services_have_grpc_probes_ports_and_secrets(overlay: tuple[str, str, li
             if "secretKeyRef" in v.get("valueFrom", {})
         ]
         secret_keys = {r["key"] for r in refs}
-        assert {"s3-access-key", "s3-secret-key", "auth-token"} <= secret_keys, svc
+        assert "auth-token" in secret_keys, svc
+        # Only the services that touch the object store get its keys.
+        s3_keys = {"s3-access-key", "s3-secret-key"}
+        assert (s3_keys <= secret_keys) == (svc in ("datasets", "environments")), svc
+        assert s3_keys & secret_keys in (set(), s3_keys), svc
         service = one(docs, "Service", svc)
         assert {p["port"] for p in service["spec"]["ports"]} >= {port, ports["metrics"]}
         assert one(docs, "ServiceAccount", svc)
@@ -205,7 +210,7 @@ def test_references_resolve(overlay: tuple[str, str, list[Doc]]) -> None:
     name, _, docs = overlay
     kinds = ("ConfigMap", "Secret", "PersistentVolumeClaim", "ServiceAccount")
     have = {k: {d["metadata"]["name"] for d in find(docs, k)} for k in kinds}
-    if name == "prod":
+    if name.startswith("prod"):
         assert not find(docs, "Secret"), "prod must not carry secrets"
         have["Secret"] = {"tunelab-secrets"}
     for where, spec in pod_specs(docs):
@@ -229,9 +234,9 @@ def test_references_resolve(overlay: tuple[str, str, list[Doc]]) -> None:
 
 def test_trainer_role_is_exactly_jobs_deployments_pods_services(overlay: tuple[str, str, list[Doc]]) -> None:
     docs = overlay[2]
-    kinds = (("batch", "jobs"), ("apps", "deployments"), ("", "pods"), ("", "services"))
+    kinds = (("batch", "jobs"), ("apps", "deployments"), ("", "services"))
     expected = {(g, r, v) for g, r in kinds for v in JOB_VERBS}
-    expected.add(("", "pods/log", "get"))
+    expected |= {("", "pods", "get"), ("", "pods", "list"), ("", "pods/log", "get")}
     assert rules_of(one(docs, "Role", "trainer")) == expected
     binding = one(docs, "RoleBinding", "trainer")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "trainer"}
@@ -364,3 +369,63 @@ def test_dev_runs_minio_and_prometheus_prod_uses_external_s3(overlay: tuple[str,
     else:
         assert not find(docs, "Deployment", "minio") and config["TUNELAB_S3_SECURE"] == "true"
         assert config["TUNELAB_STORE_URL"].startswith("s3://")
+
+
+def test_prod_namespace_enforces_the_restricted_pod_security_profile(
+    overlay: tuple[str, str, list[Doc]],
+) -> None:
+    name, _, docs = overlay
+    if name.startswith("prod"):
+        labels = one(docs, "Namespace", "tunelab")["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_gateway_data_layout_is_made_by_its_user_before_the_nested_models_mount(
+    overlay: tuple[str, str, list[Doc]],
+) -> None:
+    """The models volume is mounted inside the data volume; a runtime creates the mount point's
+    parent (gateway/) as root unless something made it first as the gateway's user."""
+    docs = overlay[2]
+    pod = one(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in container(docs, "gateway")["volumeMounts"]}
+    assert mounts["models"].startswith(mounts["data"] + "/")
+    (init,) = pod["initContainers"]
+    assert init["image"] == container(docs, "gateway")["image"]
+    assert {m["name"]: m["mountPath"] for m in init["volumeMounts"]} == {"data": mounts["data"]}
+    assert mounts["models"] in " ".join(init["command"])
+    assert init["securityContext"]["readOnlyRootFilesystem"] and "runAsUser" not in init["securityContext"]
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["fsGroup"] == 10001
+
+
+def test_dev_prometheus_counts_the_gateways_series_once(overlay: tuple[str, str, list[Doc]]) -> None:
+    """The gateway's front door (/metrics on http) serves the registry its metrics port does: the
+    http job keeps only its `up`, so no gateway series is scraped twice."""
+    name, _, docs = overlay
+    if name != "dev":
+        return
+    prom = yaml.safe_load(data_of(docs, "prometheus-config")["prometheus.yml"])
+    http = next(j for j in prom["scrape_configs"] if j["job_name"] == "http")
+    drops = [r for r in http.get("metric_relabel_configs", []) if r["action"] == "drop"]
+    assert any(r["source_labels"] == ["service", "__name__"] and r["regex"] == "gateway;.+" for r in drops)
+
+
+def test_replicas_run_on_postgres_with_scratch_of_their_own(overlay: tuple[str, str, list[Doc]]) -> None:
+    """Two replicas share state only through Postgres: its URL is required where they run, and no
+    two pods mount one ReadWriteOnce volume. The gateway (engines in-process) stays at one."""
+    name, _, docs = overlay
+    for d in find(docs, "Deployment"):
+        pod, replicas = d["spec"]["template"]["spec"], d["spec"].get("replicas", 1)
+        state = [e for c in pod["containers"] for e in c.get("env", []) if e["name"] == "TUNELAB_STATE_URL"]
+        if replicas > 1:
+            assert d["metadata"]["name"] in ("datasets", "environments", "trainer"), name
+            assert state and all(not e["valueFrom"]["secretKeyRef"].get("optional", False) for e in state)
+            assert d["spec"]["strategy"]["type"] == "RollingUpdate"
+            claims = [v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])
+                      if "persistentVolumeClaim" in v]  # fmt: skip
+            rwo = {p["metadata"]["name"] for p in find(docs, "PersistentVolumeClaim")
+                   if "ReadWriteMany" not in p["spec"].get("accessModes", [])}  # fmt: skip
+            assert not set(claims) & rwo, (d["metadata"]["name"], claims)
+    if name == "prod-replicas":
+        counts = {d["metadata"]["name"]: d["spec"].get("replicas", 1) for d in find(docs, "Deployment")}
+        assert counts["trainer"] == counts["datasets"] == counts["environments"] == 2
+        assert counts["gateway"] == 1
