@@ -12,6 +12,7 @@ import httpx
 from walkthrough import DEPLOYMENT, MODEL, Walkthrough
 from walkthrough_tools import BOLD, RESET, WalkthroughError, curl_command
 
+KEY_NAME, KEY_VAR = "demo", "TUNELAB_API_KEY"  # the API key the requests below send, and its variable
 METRICS = (
     "tunelab_gateway_requests_total",
     "tunelab_gateway_request_duration_seconds_count",
@@ -50,6 +51,22 @@ adapter from {adapter}, loaded by the gateway through the datasets service."""
     content = prompt()
     tokens = w.sizes.answer_tokens
 
+    # An earlier run's key goes first: its secret was printed once, and is gone.
+    removed = w.cli.ok("key", "rm", KEY_NAME)
+    again = (
+        f"\nThe key {KEY_NAME} of an earlier run was removed first: its secret was not kept."
+        if removed
+        else ""
+    )
+    w.say(
+        f"""
+Every generate route of the gateway needs an API key: create one. Its secret is printed once;
+creating it takes the stack's own token, which the CLI found in the stack's data dir.{again}"""
+    )
+    w.echo(f"{BOLD}$ export {KEY_VAR}=$(tunelab key create {KEY_NAME}){RESET}")
+    api_key = w.cli.stdout("key", "create", KEY_NAME)
+    auth = {"authorization": f"Bearer {api_key}"}
+
     w.say(
         f"""
 The seed's request: Triton's generate endpoint, as Triton serves it with its vLLM backend. It
@@ -61,8 +78,8 @@ at `</s>`, `<|user|>` or `<|observation|>`. max_tokens is {tokens} instead of th
     generate_url = f"{url}/v2/models/{DEPLOYMENT}/generate"
     sampling = {"temperature": 0.7, "top_p": 0.95, "max_tokens": tokens}
     body = {"text_input": chatglm3(content), "stream": False, "sampling_parameters": json.dumps(sampling)}
-    w.echo(f"{BOLD}$ {curl_command(generate_url, body)}{RESET}")
-    generated = _post(generate_url, body)
+    w.echo(f"{BOLD}$ {curl_command(generate_url, body, KEY_VAR)}{RESET}")
+    generated = _post(generate_url, body, auth)
     w.echo(json.dumps(generated, ensure_ascii=False, indent=2))
 
     w.say("\nThe same deployment through the OpenAI API (the chat template is applied for you):")
@@ -73,8 +90,8 @@ at `</s>`, `<|user|>` or `<|observation|>`. max_tokens is {tokens} instead of th
         "max_tokens": tokens,
         "temperature": 0,
     }
-    w.echo(f"{BOLD}$ {curl_command(chat_url, chat_body)} -H 'content-type: application/json'{RESET}")
-    chat = _post(chat_url, chat_body)
+    w.echo(f"{BOLD}$ {curl_command(chat_url, chat_body, KEY_VAR)} -H 'content-type: application/json'{RESET}")
+    chat = _post(chat_url, chat_body, auth)
     w.echo(f"answer: {chat['choices'][0]['message']['content']}")
     w.echo(f"usage:  {json.dumps(chat['usage'])}")
 
@@ -94,8 +111,8 @@ at `</s>`, `<|user|>` or `<|observation|>`. max_tokens is {tokens} instead of th
     }
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    resp = httpx.post(url, json=body, timeout=300)
+def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    resp = httpx.post(url, json=body, headers=headers, timeout=300)
     if resp.status_code != 200:
         raise WalkthroughError(f"POST {url} answered {resp.status_code}: {resp.text[:500]}")
     return dict(resp.json())

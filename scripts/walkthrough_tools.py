@@ -67,6 +67,13 @@ class Cli:
             raise WalkthroughError(f"`tunelab {shlex.join(args)} -o json` failed: {proc.stderr.strip()}")
         return json.loads(proc.stdout)
 
+    def stdout(self, *args: str) -> str:
+        """What ``tunelab ARGS`` prints on stdout (e.g. a key's secret), quietly."""
+        proc = subprocess.run([TUNELAB, *args], env=self.env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise WalkthroughError(f"`tunelab {shlex.join(args)}` failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
     def ok(self, *args: str) -> bool:
         """Whether ``tunelab ARGS`` succeeds (e.g. ``dataset get NAME``: whether it exists), quietly."""
         proc = subprocess.run([TUNELAB, *args], env=self.env, capture_output=True, check=False)
@@ -118,6 +125,8 @@ def serve_directory(directory: Path) -> Iterator[str]:
         server.server_close()
 
 
-def curl_command(url: str, body: dict[str, Any]) -> str:
-    """The request as the curl command a user would paste."""
-    return f"curl -X POST {url} \\\n  -d {shlex.quote(json.dumps(body, ensure_ascii=False))}"
+def curl_command(url: str, body: dict[str, Any], key_var: str = "") -> str:
+    """The request as the curl command a user would paste; ``key_var``: the shell variable holding
+    the API key it sends."""
+    auth = f' -H "authorization: Bearer ${key_var}"' if key_var else ""
+    return f"curl -X POST {url}{auth} \\\n  -d {shlex.quote(json.dumps(body, ensure_ascii=False))}"

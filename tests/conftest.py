@@ -15,8 +15,9 @@ import pytest
 from support import CHATGLM3_FIXTURE_MISSING, S3Server, ServiceProcess, chatglm3_fixture_dir, free_port
 from tunelab.common.grpc.channel import open_channel
 
-# The environments tests' fixtures live beside them, in a plugin module (one conftest.py fewer).
-pytest_plugins = ["environments.envfixtures"]
+# The environments tests' fixtures live beside them, in a plugin module (one conftest.py fewer);
+# the Postgres server (``postgres_server``, ``postgres_url``) in pgserver.py.
+pytest_plugins = ["environments.envfixtures", "pgserver"]
 
 
 # Where a job's absolute paths, an agent's scratch area or an attempt's cgroup would land if they

@@ -177,7 +177,14 @@ class Run:
             up, gw = self.workload_upstream(base, name, ad_name, adapter)
         else:
             up = start_upstream(
-                self.procs, a, a.upstream_python or a.python, base, name, self.logs, cpus and cpus.upstream
+                self.procs,
+                a,
+                a.upstream_python or a.python,
+                base,
+                name,
+                self.logs,
+                cpus and cpus.upstream,
+                adapter_root=adapter.resolve(),
             )
             self.phase("upstream_start", up.started_s)
             gw = start_gateway(self.procs, a.python, self.work, self.logs, cpus and cpus.gateway)

@@ -75,7 +75,9 @@ def start_upstream(
     name: str,
     logs: Path,
     cpus: frozenset[int] | None = None,
+    adapter_root: Path | None = None,
 ) -> Upstream:
+    """The upstream server; the embedded engine loads runtime adapters from ``adapter_root`` only."""
     port = free_port()
     if args.engine == "vllm":
         cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base)]
@@ -99,6 +101,8 @@ def start_upstream(
     else:
         cmd = [python, "-m", "tunelab.engine", "--model", str(base), "--served-model-name", name]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--max-batch-size", "16"]
+        if adapter_root is not None:
+            cmd += ["--adapter-root", str(adapter_root)]
         env = child_env("common", "engine")
         timeout = min(args.upstream_timeout, 300)
     proc = procs.start(args.engine, cmd, env, logs / "upstream.log", cpus=cpus)

@@ -196,3 +196,18 @@ def test_names_complete_from_the_service(tmp_path: Path) -> None:
         server.stop(1)
     gone = complete("tunelab dataset get adv", env)  # no service: no names, and no noise
     assert gone.returncode == 0 and gone.stdout.split() == [] and "Traceback" not in gone.stderr
+
+
+def test_the_token_comes_from_the_stack_when_nothing_names_one(tmp_path: Path) -> None:
+    from tunelab.cli.stacktoken import write_token
+
+    data_dir = tmp_path / "stack"
+    write_token(data_dir, "stack-token")
+    assert stat.S_IMODE((data_dir / "token").stat().st_mode) == 0o600
+    env = {"TUNELAB_CONFIG": str(tmp_path / "none.yaml"), "TUNELAB_DATA_DIR": str(data_dir)}
+    config = load_config({}, env)
+    assert (config.token, config.origin["token"]) == ("stack-token", "local stack")
+    assert load_config({}, {**env, "TUNELAB_TOKEN": "from-env"}).token == "from-env"
+    assert load_config({"token": "from-flag"}, env).token == "from-flag"
+    other = {**env, "TUNELAB_DATA_DIR": str(tmp_path / "no-stack")}
+    assert (load_config({}, other).token, load_config({}, other).origin["token"]) == ("", "default")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -137,7 +140,7 @@ def test_ports_follow_the_base_and_per_service_overrides(tmp_path: Path) -> None
     assert stack.StackOptions(tmp_path, env={}).metrics_port(spec) == 9101
     opts = stack.StackOptions(tmp_path, port_base=7000, metrics_port_base=0, env={})
     assert (opts.port(spec), opts.metrics_port(spec)) == (7000, 0)
-    opts = stack.StackOptions(tmp_path, port_base=7000, env={"TUNELAB_DATASETS_PORT": "6123"})
+    opts = stack.StackOptions(tmp_path, "t", port_base=7000, env={"TUNELAB_DATASETS_PORT": "6123"})
     assert opts.address(spec) == "127.0.0.1:6123"
     env = stack._service_env(opts, spec, 6123, 0) | {}
     assert env["TUNELAB_PORT"] == "6123" and env["TUNELAB_DATA_DIR"] == str(tmp_path)
@@ -146,5 +149,81 @@ def test_ports_follow_the_base_and_per_service_overrides(tmp_path: Path) -> None
 
 def test_allow_private_addresses_passes_through(tmp_path: Path) -> None:
     [spec] = [s for s in stack.SERVICES if s.name == "datasets"]
-    opts = stack.StackOptions(tmp_path, env={**os.environ, "TUNELAB_ALLOW_PRIVATE_ADDRESSES": "true"})
+    opts = stack.StackOptions(tmp_path, "t", env={**os.environ, "TUNELAB_ALLOW_PRIVATE_ADDRESSES": "true"})
     assert stack._service_env(opts, spec, 1, 0)["TUNELAB_ALLOW_PRIVATE_ADDRESSES"] == "true"
+
+
+def _list_datasets(address: str, token: str = "") -> grpc.StatusCode:
+    """The status of a ListDatasets call to ``address`` with ``token`` (none: no token sent)."""
+    from tunelab.common.grpc.channel import open_channel
+    from tunelab.datasets.v1 import datasets_pb2, datasets_pb2_grpc
+
+    with open_channel(address, token) as channel:
+        try:
+            datasets_pb2_grpc.DatasetServiceStub(channel).ListDatasets(
+                datasets_pb2.ListDatasetsRequest(), timeout=30
+            )
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_up_runs_with_a_token_only_its_user_can_read(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port_base()
+    first = up(data_dir, port)
+    assert first.exit_code == 0, first.output
+    token_file = data_dir / "token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert len(token) >= 32 and token not in first.output
+
+    # Every service refuses a call without it (health and reflection stay open).
+    for name in ("datasets", "environments", "trainer", "gateway"):
+        address = json.loads((data_dir / "run" / f"{name}.json").read_text())["address"]
+        if name == "datasets":
+            assert _list_datasets(address) == grpc.StatusCode.UNAUTHENTICATED
+            assert _list_datasets(address, "not-the-token") == grpc.StatusCode.UNAUTHENTICATED
+            assert _list_datasets(address, token) == grpc.StatusCode.OK
+        assert [r["health"] for r in status(data_dir) if r["service"] == name] == ["SERVING"]
+    assert stack.status(data_dir, "")[0].health == "SERVING"  # health is open
+    trainer = json.loads((data_dir / "run" / "trainer.json").read_text())["address"]
+    refused = invoke("--trainer-addr", trainer, "--token", "wrong", "job", "ls")
+    assert refused.exit_code == 1 and "trainer refused the token" in refused.stderr, refused.output
+
+    # The CLI needs no flag: it finds the stack and its token through the data dir.
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(data_dir))
+    listed = invoke("dataset", "ls", "-o", "json")
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == [], listed.output
+    shown = {r["setting"]: r for r in json.loads(invoke("config", "show", "-o", "json").stdout)}
+    assert shown["token"]["from"] == "local stack" and token not in shown["token"]["value"]
+    # The gateway's routes need an API key: none exists, so none may call.
+    gateway_url = json.loads(invoke("config", "show", "-o", "json").stdout)
+    url = {r["setting"]: r["value"] for r in gateway_url}["gateway_url"]
+    r = httpx.post(f"{url}/v1/completions", json={"model": "m", "prompt": "x"}, timeout=30)
+    assert r.status_code == 401, r.text
+
+    # A second `up` keeps the token (the running services have it).
+    again = up(data_dir, port)
+    assert again.exit_code == 0 and "another token" not in again.output, again.output
+    assert token_file.read_text().strip() == token
+
+
+def test_up_open_runs_without_auth_and_says_so(data_dir: Path) -> None:
+    result = invoke(
+        "up", "--open", "--data-dir", str(data_dir), "--port-base", str(free_port_base()),
+        "--metrics-port-base", "0",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "WITHOUT AUTH" in result.stderr
+    assert not (data_dir / "token").exists()
+    address = json.loads((data_dir / "run" / "datasets.json").read_text())["address"]
+    assert _list_datasets(address) == grpc.StatusCode.OK
+    http_port = json.loads((data_dir / "run" / "gateway.json").read_text())["http_port"]
+    r = httpx.get(f"http://127.0.0.1:{http_port}/v1/models", timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_an_empty_token_is_refused(data_dir: Path) -> None:
+    result = invoke("up", "--token", "", "--data-dir", str(data_dir), "--port-base", str(free_port_base()))
+    assert result.exit_code == 1 and "--open" in result.stderr, result.output
+    assert not (data_dir / "run").exists() or not list((data_dir / "run").iterdir())

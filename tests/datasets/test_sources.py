@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tunelab.common import netguard
 from tunelab.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -31,7 +32,6 @@ from tunelab.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from tunelab.datasets.sources import netguard
 from tunelab.datasets.sources.fetch import fetch_source
 from tunelab.datasets.sources.spec import FetchPolicy, GitSpec, HfSpec, HttpSpec, S3Spec
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from e2ehelpers import processes_under
@@ -78,6 +80,8 @@ def test_the_seed_walkthrough_on_the_embedded_stack(stack_env: dict[str, str], t
     assert {(r["service"], r["state"], r["health"]) for r in rows} == {
         (s, "running", "SERVING") for s in SERVICES
     }
+    token = Path(stack_env["TUNELAB_DATA_DIR"]) / "token"  # the stack runs with a token only we can read
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
 
     # 2. the model: THUDM's layout as built here, in the store byte for byte; then its import, a
     #    native GLM with a fast tokenizer, written by a job as a new version of its own dataset
@@ -164,6 +168,11 @@ def test_the_seed_walkthrough_on_the_embedded_stack(stack_env: dict[str, str], t
         series = f'tunelab_gateway_requests_total{{code="200",model="{DEPLOYMENT}",route="{route}"}} 1.0'
         assert series in served["metrics"], served["metrics"]
     assert any(line.startswith("tunelab_gateway_generation_tokens_total") for line in served["metrics"])
+    # ... with the API key serve() created; without one the gateway refuses (the stack has auth on)
+    anonymous = httpx.post(
+        f"{served['gateway_url']}/v2/models/{DEPLOYMENT}/generate", json={"text_input": "x"}
+    )
+    assert anonymous.status_code == 401, anonymous.text
 
     # 7. `tunelab down` stops everything it started: services, the engine, no job left behind
     assert w.cli.run("down") == 0

@@ -18,6 +18,7 @@ import grpc
 import httpx
 import pytest
 
+from tunelab.cli.stacktoken import read_token
 from walkthrough_tools import TUNELAB, Cli
 
 # Quick scheduling and restarts, and one retry before a failing server job is FAILED.
@@ -108,14 +109,14 @@ def engine_pids(root: Path, served: str) -> list[int]:
     return found
 
 
-def watch_states(address: str, job: str, seen: list[str]) -> threading.Thread:
+def watch_states(address: str, token: str, job: str, seen: list[str]) -> threading.Thread:
     """Follows the job's states (until it ends, or is deleted) into ``seen``."""
     from tunelab.common.grpc.channel import open_channel
     from tunelab.trainer.v1 import trainer_pb2 as pb
     from tunelab.trainer.v1 import trainer_pb2_grpc
 
     def run() -> None:
-        with open_channel(address) as channel:
+        with open_channel(address, token) as channel:
             stub = trainer_pb2_grpc.TrainerServiceStub(channel)
             try:
                 for resp in stub.WatchJob(pb.WatchJobRequest(name=job), timeout=120):
@@ -137,6 +138,7 @@ def test_the_engine_as_a_trainer_workload(stack_env: dict[str, str], tmp_path: P
     cli.run("up")
     trainer = f"127.0.0.1:{int(env['TUNELAB_PORT_BASE']) + 2}"
     gateway_url = f"http://127.0.0.1:{env['TUNELAB_HTTP_PORT']}"
+    auth = {"authorization": f"Bearer {cli.stdout('key', 'create', 'e2e')}"}
     notes = tmp_path / "models" / "notes"
     notes.mkdir()
     (notes / "README.md").write_text("meeting notes, not a model\n")
@@ -185,10 +187,14 @@ def test_the_engine_as_a_trainer_workload(stack_env: dict[str, str], tmp_path: P
     assert spec["command"][:3] == ["python", "-m", "tunelab.engine"] and "$PORT" in spec["command"]
     assert [m["path"] for m in spec["datasets"]] == ["base", "adapters/ad"]
     assert spec["labels"]["tunelab.dev/deployment"] == "tiny"
+    # The replica's server answers the gateway only: it requires the key the gateway derives.
+    assert set(spec["env_vars"]) == {"TUNELAB_ENGINE_API_KEY"}
+    assert httpx.get(f"{replica['url']}/v1/models", timeout=30).status_code == 401
+    assert httpx.get(f"{replica['url']}/health", timeout=30).status_code == 200
     shown = tunelab(env, "model", "get", "tiny")
     assert "dep-tiny-0" in shown.stdout and replica["url"] in shown.stdout, shown.stdout
 
-    with httpx.Client(base_url=gateway_url, timeout=60) as http:
+    with httpx.Client(base_url=gateway_url, timeout=60, headers=auth) as http:
         plain = http.post(
             "/v2/models/tiny/generate",
             json={"text_input": "hello", "sampling_parameters": '{"max_tokens": 4}'},
@@ -211,7 +217,8 @@ def test_the_engine_as_a_trainer_workload(stack_env: dict[str, str], tmp_path: P
         time.sleep(0.5)
     assert not cli.ok("job", "get", "orphan")
 
-    # A server that dies is restarted by the trainer on a new port; the gateway follows it there.
+    # A server that dies is restarted by the trainer on a new port; the gateway follows it there,
+    # shows the restart, and starts no server of its own.
     for pid in engine_pids(tmp_path, "tiny"):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 180
@@ -222,7 +229,9 @@ def test_the_engine_as_a_trainer_workload(stack_env: dict[str, str], tmp_path: P
             break
         assert time.monotonic() < deadline, json.dumps([d, job], indent=1)
         time.sleep(0.5)
-    with httpx.Client(base_url=gateway_url, timeout=60) as http:
+    assert moved["restarts"] == 1 and moved["restart_reason"].startswith("ServerExited"), moved
+    assert len(engine_pids(tmp_path, "tiny")) == 1
+    with httpx.Client(base_url=gateway_url, timeout=60, headers=auth) as http:
         assert http.post("/v2/models/tiny/generate", json={"text_input": "hello"}).status_code == 200
 
     # A base that is no model is refused before any job is queued, in one line naming it.
@@ -234,7 +243,7 @@ def test_the_engine_as_a_trainer_workload(stack_env: dict[str, str], tmp_path: P
 
     # `model rm` cancels the replica's job (the engine gets SIGTERM), then deletes it.
     seen: list[str] = []
-    watcher = watch_states(trainer, "jobs/dep-tiny-0", seen)
+    watcher = watch_states(trainer, read_token(Path(env["TUNELAB_DATA_DIR"])), "jobs/dep-tiny-0", seen)
     assert engine_pids(tmp_path, "tiny")
     time.sleep(0.5)  # the watch has sent the job as it is (RUNNING)
     assert cli.run("model", "rm", "tiny") == 0

@@ -33,11 +33,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    base, _ = tiny
+    base, lora = tiny
     model = ServedModel(str(base), "tiny")
     batcher = Batcher(model, max_batch_size=8, batch_wait_s=0.05)
     batcher.start()
-    with serve_in_thread(build_app(model, batcher)) as url:
+    with serve_in_thread(build_app(model, batcher, adapter_roots=[lora.parent])) as url:
         yield url, model, batcher
     batcher.stop()
 

@@ -179,3 +179,27 @@ def test_remote_code_is_refused_without_trust(models) -> None:
     base, _ = models["seqfirst"]
     with pytest.raises(LoadError, match=r"auto_map in config\.json.*--trust-remote-code"):
         ServedModel(str(base), "base")
+
+
+def _scored(url: str, model: str, prompt: str) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": 3, "temperature": 0, "logprobs": 2, "echo": True}
+    r = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["logprobs"]
+
+
+def test_logprobs_leave_out_stop_tokens_and_hold_in_mixed_batches(glm: Engine) -> None:
+    """The stop token ends the answer and is not one of its tokens; the prompt's logprobs (echo) of
+    base and adapter rows sharing a batch are each what the row gets alone."""
+    body = {"model": "ad", "prompt": "hello @", "max_tokens": 12, "temperature": 0, "logprobs": 1}
+    answer = httpx.post(f"{glm.url}/v1/completions", json=body, timeout=60).json()
+    assert answer["choices"][0]["logprobs"]["tokens"] == ["~"] and answer["usage"]["completion_tokens"] == 1
+    alone = [_scored(glm.url, model, prompt) for model, prompt in REQUESTS]
+    assert alone[0]["token_logprobs"] != alone[1]["token_logprobs"]  # the adapter scores differently
+    before = glm.batcher.batches
+    with ThreadPoolExecutor(len(REQUESTS)) as pool:
+        together = list(pool.map(lambda req: _scored(glm.url, *req), REQUESTS))
+    assert glm.batcher.batches - before < len(REQUESTS)  # they did share a batch
+    for a, t in zip(alone, together, strict=True):
+        assert t["tokens"] == a["tokens"] and t["token_logprobs"][0] is None
+        assert t["token_logprobs"][1:] == pytest.approx(a["token_logprobs"][1:], abs=1e-3)

@@ -47,6 +47,8 @@ def _stack(tmp_path: Path, uv_cache: Path, **overrides: object) -> Iterator[EnvS
     from tunelab.environments.server import build_server
     from tunelab.environments.settings import EnvironmentSettings
 
+    # The local package index below serves on 127.0.0.1: let the SSRF guard through to it alone.
+    overrides.setdefault("allowed_networks", ("127.0.0.1/32",))
     settings = EnvironmentSettings(
         data_dir=tmp_path / "svc",
         port=0,
@@ -77,6 +79,13 @@ def envs(tmp_path: Path, uv_cache: Path) -> Iterator[EnvStack]:
 def envs_unsafe(tmp_path: Path, uv_cache: Path) -> Iterator[EnvStack]:
     """The service with TUNELAB_ALLOW_UNSAFE_REQUIREMENTS on."""
     yield from _stack(tmp_path, uv_cache, allow_unsafe_requirements=True)
+
+
+@pytest.fixture
+def envs_guarded(tmp_path: Path, uv_cache: Path) -> Iterator[EnvStack]:
+    """The service with the SSRF guard as deployed (no network let through) and unsafe lines
+    allowed, so index options reach the guard."""
+    yield from _stack(tmp_path, uv_cache, allowed_networks=(), allow_unsafe_requirements=True)
 
 
 @pytest.fixture

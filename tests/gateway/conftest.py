@@ -66,7 +66,10 @@ def make_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
     started: list[GatewayUnderTest] = []
 
     def make(**overrides: Any) -> GatewayUnderTest:
+        """A started gateway. API keys are off unless ``api_key_auth="on"`` (the setting's default,
+        which test_auth.py tests): the other tests call the routes without a key."""
         values: dict[str, Any] = {
+            "api_key_auth": "off",
             "data_dir": tmp_path / f"gw{len(started)}",
             "port": 0,
             "metrics_port": 0,

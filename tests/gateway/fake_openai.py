@@ -29,10 +29,12 @@ class Behaviour:
     runtime_lora: bool = True
     first_token_delay_s: float = 0.0
     chunk_delay_s: float = 0.0
+    stall_after_chunks: int = 0  # a stream sends this many chunks, then nothing more (0: all)
     reply_delay_s: float = 0.0
     fail_status: int = 0
     fail_message: str = "upstream says no"
     healthy: bool = True
+    chat_message: dict[str, Any] | None = None  # a chat answer's message in place of the text (tool calls)
 
 
 @dataclass
@@ -119,7 +121,7 @@ def build_fake(b: Behaviour, rec: Record) -> FastAPI:
         text = "".join(ANSWER[:n])
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if n < len(ANSWER) else "stop"}
         if chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = b.chat_message or {"role": "assistant", "content": text}
         else:
             choice["text"] = text
             if body.get("logprobs") is not None:
@@ -142,6 +144,8 @@ def build_fake(b: Behaviour, rec: Record) -> FastAPI:
             for i in range(n):
                 if i:
                     await asyncio.sleep(b.chunk_delay_s)
+                if b.stall_after_chunks and i == b.stall_after_chunks:
+                    await asyncio.sleep(3600)  # until the gateway goes away
                 last = i == n - 1
                 finish = ("length" if n < len(ANSWER) else "stop") if last else None
                 if chat:
@@ -188,13 +192,13 @@ def build_fake(b: Behaviour, rec: Record) -> FastAPI:
 class FakeServer:
     """The fake under uvicorn in a thread, on a free port."""
 
-    def __init__(self, behaviour: Behaviour | None = None) -> None:
+    def __init__(self, behaviour: Behaviour | None = None, port: int = 0) -> None:
         self.behaviour = behaviour or Behaviour()
         self.record = Record()
         config = uvicorn.Config(
             build_fake(self.behaviour, self.record),
             host="127.0.0.1",
-            port=0,
+            port=port,
             log_level="warning",
             lifespan="off",
         )

@@ -3,6 +3,8 @@ loading (and the explanation when vLLM cannot load at runtime), and state kept a
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -62,6 +64,31 @@ def test_vllm_without_runtime_lora_explains_lora_modules(make_gateway) -> None:
         assert wrong.state == pb.Deployment.STATE_FAILED and "vllm serve THUDM/chatglm3-6b" in wrong.error
     finally:
         fake.stop()
+
+
+def test_a_vllm_server_that_is_not_up_yet_is_waited_for(make_gateway, tmp_path) -> None:
+    """A stack restarted as a whole: the gateway comes back before its vLLM servers do. Their
+    deployment waits for them (DEGRADED past the load timeout, checked on), never FAILED."""
+    fake = FakeServer().start()
+    first = make_gateway(data_dir=tmp_path / "state")
+    assert first.deploy("later", vllm_deployment(fake.url, model_name="m")).state == pb.Deployment.STATE_READY
+    first.gateway.stop(0.2)
+    fake.stop()
+    second = make_gateway(data_dir=tmp_path / "state", load_timeout_s=1.0)
+    waiting = second.wait("later")
+    assert waiting.state == pb.Deployment.STATE_DEGRADED, waiting.error
+    assert fake.url in waiting.error
+    back = FakeServer(port=fake.port).start()
+    try:
+        deadline = time.monotonic() + 60
+        name = pb.GetDeploymentRequest(name="deployments/later")
+        while second.stub.GetDeployment(name).deployment.state != pb.Deployment.STATE_READY:
+            assert time.monotonic() < deadline, "the deployment did not come back"
+            time.sleep(0.2)
+        with second.http() as c:
+            assert c.post("/v2/models/m/generate", json={"text_input": "x"}).status_code == 200
+    finally:
+        back.stop()
 
 
 def test_deployments_survive_a_restart(make_gateway, fake: FakeServer, tmp_path) -> None:

@@ -116,5 +116,6 @@ def test_engine_load_failure_is_one_readable_line(make_gateway, chatglm3_dir: Pa
     d = make_gateway().deploy("thudm", embedded("thudm", base, {}, trust_remote_code=True), timeout=180)
     assert d.state == pb.Deployment.STATE_FAILED
     assert "\n" not in d.error and "Traceback" not in d.error, d.error
-    assert f"engine exited with 3: cannot load {base}: AttributeError: " in d.error, d.error
+    said = f"engine exited with code 3 while loading: cannot load {base}: AttributeError: "
+    assert said in d.error, d.error
     assert "`tunelab model import NAME --from DATASET`" in d.error, d.error  # and what to do instead

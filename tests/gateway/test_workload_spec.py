@@ -108,9 +108,27 @@ def test_the_engine_command_line() -> None:
         "python", "-m", "tunelab.engine", "--model", "./base", "--served-model-name", "chatglm3-ad",
         "--host", "0.0.0.0", "--port", "$PORT",
         "--lora-modules", "ad=./adapters/ad/checkpoint-3000", "hub=/srv/adapters/hub",
+        "--adapter-root", "./adapters", "--adapter-root", "/srv/adapters/hub",
         "--max-batch-size", "2",
     ]  # fmt: skip
     assert job.resources.gpu_count == 0 and not job.env_vars
+
+
+def test_the_servers_require_a_key_derived_from_the_stack_token() -> None:
+    keyed = Workloads(None, None, "gw-1", key_secret="stack-token")  # type: ignore[arg-type]
+    key = keyed.api_key("chatglm3-ad")
+    assert len(key) == 64 and "stack-token" not in key
+    # The same across gateways of one owner and restarts (a running replica is kept); not another's.
+    assert Workloads(None, None, "gw-1", key_secret="stack-token").api_key("chatglm3-ad") == key  # type: ignore[arg-type]
+    assert keyed.api_key("other") != key
+    assert Workloads(None, None, "gw-2", key_secret="stack-token").api_key("chatglm3-ad") != key  # type: ignore[arg-type]
+    assert Workloads(None, None, "gw-1").api_key("chatglm3-ad") == ""  # type: ignore[arg-type]
+
+    vllm = job_spec(deployment(), 0, "gw-1", api_key=key)
+    assert dict(vllm.env_vars) == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_API_KEY": key}
+    engine = job_spec(deployment("engine"), 0, "gw-1", api_key=key)
+    assert dict(engine.env_vars) == {"TUNELAB_ENGINE_API_KEY": key}
+    assert key not in " ".join([*vllm.command, *engine.command])
 
 
 def test_the_spec_digest_tells_a_changed_replica_from_an_unchanged_one() -> None:

@@ -31,7 +31,7 @@ def test_the_seed_submit_flags_and_the_job_commands(cli, tmp_path: Path) -> None
         "--", "python", "-c", "import os; print('hello from', os.getcwd())",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "submitted job finetune-chatglm3 (QUEUED, priority 100000)" in result.output
+    assert "submitted job finetune-chatglm3 (QUEUED, priority 100000)" in result.output, result.output
 
     listed = json.loads(cli("job", "ls", "-o", "json", "--label", "job_type=pytorch").output)
     assert [(j["name"], j["state"]) for j in listed] == [("jobs/finetune-chatglm3", "STATE_SUCCEEDED")]

@@ -12,7 +12,8 @@ Each setting is resolved on its own, first match wins:
        output: table
 
 4. a default; for a service address (and the gateway's HTTP URL) that is the stack ``tunelab up``
-   runs in the data dir, when it is running, else ``localhost:<default port>``.
+   runs in the data dir, when it is running, else ``localhost:<default port>``; for the token, the
+   one ``tunelab up`` keeps in the data dir (``DATA_DIR/token``, readable by its owner only).
 
 :class:`Clients` makes the typed clients from a :class:`Config`, one channel per service.
 """
@@ -118,6 +119,12 @@ def load_config(flags: Mapping[str, str | None], env: Mapping[str, str] | None =
         addr = values.get(f"{svc}_addr") or _local_stack_address(data_dir, svc)
         addresses[svc] = addr or f"localhost:{DEFAULT_PORTS[svc]}"
         origin.setdefault(f"{svc}_addr", "local stack" if addr else "default")
+    token = values.get("token", "")
+    if "token" not in values:
+        from tunelab.cli.stacktoken import read_token
+
+        token = read_token(data_dir)
+        origin["token"] = "local stack" if token else "default"
     gateway_url = values.get("gateway_url") or _local_stack_url(data_dir, "gateway")
     origin.setdefault("gateway_url", "local stack" if gateway_url else "default")
     if not gateway_url:
@@ -132,7 +139,7 @@ def load_config(flags: Mapping[str, str | None], env: Mapping[str, str] | None =
         raise InvalidArgument(f"output: {output!r} ({origin['output']}) must be table, json or yaml")
     return Config(
         addresses=addresses,
-        token=values.get("token", ""),
+        token=token,
         data_dir=data_dir,
         cache_dir=Path(values.get("cache_dir") or _default_cache_dir(env)).expanduser(),
         output=output,

@@ -64,7 +64,8 @@ def _friendly(exc: Exception, clients: Any) -> typer.Exit | None:
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return _fail(
                 f"{service} refused the token: {details} (set --token, TUNELAB_TOKEN or `token` in the "
-                "config file: `tunelab config set token …`)"
+                "config file: `tunelab config set token …`; a stack `tunelab up` started keeps its token "
+                f"in {clients.config.data_dir / 'token'})"
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return _fail(f"{service} did not answer in time: {details or 'deadline exceeded'}")
@@ -196,10 +197,19 @@ def up(
     token: Annotated[
         str | None,
         typer.Option(
-            help="Token the services require (default: the global --token / TUNELAB_TOKEN; empty: no auth).",
+            help="Token the services require (default: the global --token / TUNELAB_TOKEN / config file, "
+            "else the one in DATA_DIR/token, else a new random one written there, mode 600).",
             show_default=False,
         ),
     ] = None,
+    open_access: Annotated[
+        bool,
+        typer.Option(
+            "--open",
+            help="Run WITHOUT AUTH: no token, no API keys. Any user of this machine (any host that "
+            "reaches --host) may create keys, deploy models, submit jobs and call every model.",
+        ),
+    ] = False,
     host: Annotated[
         str, typer.Option(help="Address the services listen on.", envvar="TUNELAB_HOST")
     ] = "127.0.0.1",
@@ -239,16 +249,41 @@ def up(
     DATA_DIR/run/. One service's port can be moved with TUNELAB_SERVICE_PORT (e.g.
     TUNELAB_DATASETS_PORT=6000); variables such as TUNELAB_ALLOW_PRIVATE_ADDRESSES pass through.
 
+    The services require the stack's token, kept in DATA_DIR/token (readable by you only); the CLI
+    finds it there, so no --token is needed. The gateway's routes require an API key
+    (`tunelab key create`). `--open` turns both off.
+
     Examples:
 
         tunelab up
         tunelab up --data-dir /srv/tunelab --port-base 60051 --http-port 8080 --foreground
     """
     from tunelab.cli import stack
+    from tunelab.cli.stacktoken import stack_token, token_path
 
+    config = ctx.obj.config
+    where = _data_dir(ctx, data_dir)
+    where.mkdir(parents=True, exist_ok=True)
+    if open_access:
+        if token:
+            raise typer.BadParameter("--open runs without a token: leave out --token", param_hint="--open")
+        stack_auth, new = "", False
+        typer.echo(
+            "WARNING: the stack runs WITHOUT AUTH (--open): anyone who can reach its ports may create API "
+            "keys, deploy models, submit jobs and call every model.",
+            err=True,
+        )
+    else:
+        # A token named by flag, variable or config file; one found in a data dir is that stack's own.
+        named = config.token if config.token and config.origin.get("token") != "local stack" else None
+        stack_auth, new = stack_token(where, token if token is not None else named)
+        if new:
+            typer.echo(f"the stack's token is in {token_path(where)} (mode 600; the CLI reads it there)")
     opts = stack.StackOptions(
-        data_dir=_data_dir(ctx, data_dir),
-        token=ctx.obj.config.token if token is None else token,
+        data_dir=where,
+        token=stack_auth,
+        open_access=open_access,
+        token_is_new=new,
         host=host,
         store_url=store_url,
         s3_endpoint=s3_endpoint,
@@ -260,7 +295,6 @@ def up(
         http_port_value=http_port,
         start_timeout_s=timeout,
     )
-    opts.data_dir.mkdir(parents=True, exist_ok=True)
     if foreground:
         raise typer.Exit(stack.run_foreground(opts, typer.echo))
     stack.up(opts, typer.echo)

@@ -14,6 +14,10 @@ ports likewise (``metrics_port_base``, ``TUNELAB_<SERVICE>_METRICS_PORT``; 0 tur
 The gateway's HTTP port is ``http_port`` (else ``TUNELAB_HTTP_PORT``, else 8000); the run record
 keeps it, so the CLI finds the front door of the stack it talks to.
 
+Auth: every service requires the stack's token (``TUNELAB_AUTH_TOKEN``), which ``tunelab up``
+makes once and keeps in ``DATA_DIR/token`` (mode 600, see ``stacktoken``), where the CLI finds it;
+the gateway's routes require API keys. ``tunelab up --open`` runs the stack without either.
+
 Environments are built on the stack's own interpreter (``TUNELAB_PYTHONS`` unless set): jobs run
 through the agent on it, so it is the "image" whose packages an environment with system site
 packages sees (see ``tunelab.cli.agent.image``).
@@ -79,7 +83,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
 @dataclass(frozen=True)
 class StackOptions:
     data_dir: Path
-    token: str = ""
+    token: str = ""  # TUNELAB_AUTH_TOKEN of every service (``stacktoken``); empty only with open_access
+    open_access: bool = False  # no token, and the gateway's API keys off: anyone on the machine may call
+    token_is_new: bool = False  # made or changed by this start: services running already lack it
     host: str = "127.0.0.1"
     store_url: str = ""
     s3_endpoint: str = ""
@@ -148,6 +154,11 @@ def up(opts: StackOptions, echo: Echo) -> list[RunRecord]:
         rec = running_record(opts.data_dir, spec.name)
         if rec:
             echo(f"{spec.name} is already running (pid {rec.pid}, {rec.address})")
+            if opts.token_is_new:
+                echo(
+                    f"  it was started with another token or none: restart it with the stack's token "
+                    f"by `tunelab down --data-dir {opts.data_dir}`, then `tunelab up` again"
+                )
         else:
             proc, rec = _start(opts, spec, echo, foreground=False)
             with warnings.catch_warnings():  # it outlives us on purpose; its pid file tracks it
@@ -261,6 +272,12 @@ def _service_env(
         env["TUNELAB_PYTHONS"] = json.dumps([sys.executable])  # the interpreter jobs run on
     # Every service learns where the others are (the same variables the CLI reads).
     env.update({f"TUNELAB_{other.name.upper()}_ADDR": opts.address(other) for other in SERVICES})
+    if opts.open_access:
+        env.pop("TUNELAB_AUTH_TOKEN", None)
+        if spec.name == "gateway":
+            env["TUNELAB_API_KEY_AUTH"] = "off"
+    elif not opts.token:
+        raise StackError("the stack needs a token to start with (or --open, to run without auth)")
     optional = {
         "TUNELAB_AUTH_TOKEN": opts.token,
         "TUNELAB_STORE_URL": opts.store_url,

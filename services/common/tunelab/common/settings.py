@@ -59,6 +59,17 @@ class ServiceSettings(StoreSettings):
         default="", description="SQLAlchemy URL of the state database; empty: SQLite in data_dir."
     )
     grace_period_s: float = Field(default=10.0, description="How long SIGTERM waits for RPCs.")
+    replica_id: str = Field(
+        default="",
+        description="This replica's name in the state database (who runs which job, sync or build); "
+        "empty: hostname:data_dir. Replicas sharing a database need distinct names.",
+    )
+    replica_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a replica's hold on the work it runs lasts unrenewed (it renews every "
+        "third of it): work of a replica that died is taken over by another after this.",
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

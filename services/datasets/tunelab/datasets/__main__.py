@@ -1,6 +1,7 @@
 """``python -m tunelab.datasets``: settings → logging → construct → serve → graceful stop.
 
-Syncs a crash or restart interrupted resume before the service starts serving.
+Before the service starts serving, uploads a crash or restart interrupted are marked FAILED and
+the syncs it interrupted resume; partial writes it left are removed in the background.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from tunelab.datasets.settings import DatasetSettings
 
 def build(settings: DatasetSettings) -> tuple[GrpcServer, Callable[[], object]]:
     server, store = build_server(settings)
-    return server, store.resume_unfinished
+
+    def before_serving() -> None:
+        store.clean_up_interrupted()
+        store.resume_unfinished()
+
+    return server, before_serving
 
 
 if __name__ == "__main__":

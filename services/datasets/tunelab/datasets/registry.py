@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -167,6 +167,25 @@ class Registry:
         self._notify()
         return numbers
 
+    def drop_stillborn(self, dataset_id: str) -> list[int] | None:
+        """Deletes the dataset when it never had a version that did not fail (it has versions, all
+        FAILED: its source was refused, its upload broke off); returns their numbers. None, and
+        nothing changes, for any other dataset."""
+        with self.engine.begin() as db:
+            rows = db.execute(
+                select(versions_t.c.number, versions_t.c.state)
+                .where(versions_t.c.dataset_id == dataset_id)
+                .with_for_update()
+            ).all()
+            if not rows or any(state != "FAILED" for _, state in rows):
+                return None
+            numbers = [number for number, _ in rows]
+            db.execute(delete(uploads_t).where(uploads_t.c.dataset_id == dataset_id))
+            db.execute(delete(versions_t).where(versions_t.c.dataset_id == dataset_id))
+            db.execute(delete(datasets_t).where(datasets_t.c.id == dataset_id))
+        self._notify()
+        return numbers
+
     # -- versions ---------------------------------------------------------------------------
     def new_version(
         self, dataset_id: str, state: str, provenance: dict[str, str] | None = None
@@ -247,6 +266,27 @@ class Registry:
         self._notify()
         return new
 
+    def fail_version(self, rec: VersionRecord, reason: str) -> bool:
+        """Marks the version FAILED with ``reason`` and drops its in-flight upload (so its blobs are
+        no longer pinned), unless it finished meanwhile; returns whether it did."""
+        with self.engine.begin() as db:
+            n = db.execute(
+                update(versions_t)
+                .where(
+                    versions_t.c.dataset_id == rec.dataset_id,
+                    versions_t.c.number == rec.number,
+                    versions_t.c.state.not_in(TERMINAL),
+                )
+                .values(state="FAILED", error=reason, revision=versions_t.c.revision + 1)
+            ).rowcount
+            db.execute(
+                delete(uploads_t).where(
+                    uploads_t.c.dataset_id == rec.dataset_id, uploads_t.c.number == rec.number
+                )
+            )
+        self._notify()
+        return bool(n)
+
     def delete_version(self, dataset_id: str, number: int) -> None:
         with self.engine.begin() as db:
             db.execute(
@@ -259,10 +299,13 @@ class Registry:
             raise NotFound(f"dataset {dataset_id!r} has no version {number}")
         self._notify()
 
-    def watch(self, dataset_id: str, number: int, poll_s: float = 1.0) -> Iterator[VersionRecord]:
-        """Yields the version now and on every change, until it is terminal."""
+    def watch(
+        self, dataset_id: str, number: int, active: Callable[[], bool] = lambda: True, poll_s: float = 1.0
+    ) -> Iterator[VersionRecord]:
+        """Yields the version now and on every change, until it is terminal or ``active()`` turns
+        false (checked at least every ``poll_s``: a watcher that went away frees its thread)."""
         last = -1
-        while True:
+        while active():
             with self._changed:
                 rec = self.get_version(dataset_id, number)
                 if rec.revision == last:
@@ -293,6 +336,20 @@ class Registry:
     def pending_upload_manifests(self) -> list[str]:
         with self.engine.connect() as db:
             return [r[0] for r in db.execute(select(uploads_t.c.manifest))]
+
+    def uploads_with_blob(self, sha256: str) -> list[VersionRecord]:
+        """The versions being uploaded whose files include the blob ``sha256``."""
+        with self.engine.connect() as db:
+            rows = db.execute(
+                select(versions_t)
+                .join(
+                    uploads_t,
+                    (uploads_t.c.dataset_id == versions_t.c.dataset_id)
+                    & (uploads_t.c.number == versions_t.c.number),
+                )
+                .where(uploads_t.c.manifest.contains(f'"{sha256}"', autoescape=True))
+            ).all()
+        return [_version(r) for r in rows]
 
     def drop_upload(self, dataset_id: str, number: int) -> None:
         with self.engine.begin() as db:

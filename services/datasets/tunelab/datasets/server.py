@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tunelab.common.grpc.server import GrpcServer, Registration
+from tunelab.common.ownership import replica_name
 from tunelab.common.state import open_database
 from tunelab.common.storage.blobs import BlobStore
 from tunelab.common.storage.objectstore import open_store
@@ -43,6 +44,9 @@ def build_store(settings: DatasetSettings) -> DatasetStore:
         sync_workers=settings.sync_workers,
         transfer_workers=settings.transfer_workers,
         gc_grace_s=settings.gc_grace_s,
+        partial_write_grace_s=settings.partial_write_grace_s,
+        replica=replica_name(settings.replica_id, settings.data_dir),
+        lease_s=settings.replica_lease_s,
     )
 
 

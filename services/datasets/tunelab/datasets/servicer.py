@@ -79,9 +79,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def WatchDatasetVersion(
         self, request: pb.WatchDatasetVersionRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchDatasetVersionResponse]:
-        for version in self.store.watch_version(request.name):
-            if not context.is_active():
-                return
+        for version in self.store.watch_version(request.name, context.is_active):
             yield pb.WatchDatasetVersionResponse(version=convert.version_to_pb(version))
 
     def ListDatasetFiles(

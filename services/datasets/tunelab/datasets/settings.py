@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from tunelab.common.netguard import AllowedNetworks
 from tunelab.common.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ServiceSettings
 
 
@@ -19,7 +20,7 @@ class DatasetSettings(ServiceSettings):
     max_archive_bytes: int = Field(default=200 * 1024**3, description="Largest unpacked archive.")
     max_archive_ratio: float = Field(default=200.0, description="Largest unpacked/packed size ratio.")
     max_archive_files: int = 1_000_000
-    allowed_networks: tuple[str, ...] = Field(
+    allowed_networks: AllowedNetworks = Field(
         default=(), description="CIDRs sources may use even while the SSRF guard is on, e.g. 10.0.0.0/8."
     )
     fetch_attempts: int = Field(default=4, ge=1)
@@ -28,3 +29,10 @@ class DatasetSettings(ServiceSettings):
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     gc_grace_s: float = Field(default=3600.0, description="Blobs younger than this are never collected.")
+    partial_write_grace_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="What an interrupted write left in the store (.tmp-* files, incomplete multipart "
+        "uploads) is removed at start and by garbage collection once untouched this long (a write in "
+        "progress touches it with every chunk; replicas sharing the store may be writing).",
+    )

@@ -5,21 +5,25 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from tunelab.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tunelab.common.names import check_id, fold, parse_version, split_name
 from tunelab.common.storage.blobs import BlobCache, BlobStore, StoreSource
 from tunelab.common.storage.hashing import HashCache
-from tunelab.common.storage.manifest import FileEntry, Manifest
+from tunelab.common.storage.manifest import FileEntry, Manifest, check_sha256
 from tunelab.common.storage.materialize import materialize
+from tunelab.common.storage.objectstore import StoreFull
+from tunelab.datasets.cleanup import fail_interrupted, interrupted_before, store_full, sweep_partial_writes
 from tunelab.datasets.gc import collect_garbage
 from tunelab.datasets.prewarm import Prewarmer, PrewarmProgress
 from tunelab.datasets.registry import DatasetRecord, Registry, VersionRecord
+from tunelab.datasets.sources.check import check_source
 from tunelab.datasets.sources.spec import (
     FETCHED,
     DerivedSpec,
@@ -69,16 +73,30 @@ class DatasetStore:
         sync_workers: int = 2,
         transfer_workers: int = 16,
         gc_grace_s: float = 3600.0,
+        partial_write_grace_s: float = 600.0,
+        replica: str = "",
+        lease_s: float = 30.0,
     ) -> None:
         self.registry = registry
         self.blobs = blobs
         self.work_dir = work_dir
         self.policy = policy
         self.gc_grace_s = gc_grace_s
+        self.partial_write_grace_s = partial_write_grace_s
+        self.started = time.time()
         self.hash_cache = HashCache(work_dir / "hashes.sqlite")
         self.prewarmer = Prewarmer(blobs, registry, self.hash_cache, workers=transfer_workers)
         self.cache = BlobCache(work_dir / "blob-cache")
-        self.syncs = SyncRunner(registry, work_dir, policy, self._prewarm, fetch=fetch, workers=sync_workers)
+        self.syncs = SyncRunner(
+            registry,
+            work_dir,
+            policy,
+            self._prewarm,
+            fetch=fetch,
+            workers=sync_workers,
+            replica=replica,
+            lease_s=lease_s,
+        )
 
     # -- datasets ---------------------------------------------------------------------------
     def create_dataset(
@@ -100,11 +118,20 @@ class DatasetStore:
             )
         if isinstance(source, DerivedSpec):
             raise InvalidArgument("source: derived datasets are made with TransformDataset")
-        rec = self.registry.create_dataset(
-            DatasetRecord(
-                ident, description, spec_to_dict(source), labels or {}, time.time(), display_name=spelling
-            )
+        if source.kind in FETCHED:
+            check_source(source, self.policy)
+        rec = DatasetRecord(
+            ident, description, spec_to_dict(source), labels or {}, time.time(), display_name=spelling
         )
+        try:
+            self.registry.create_dataset(rec)
+        except AlreadyExists:
+            numbers = self.registry.drop_stillborn(ident)
+            if numbers is None:
+                raise
+            log.info("replacing a dataset whose versions all failed", extra={"dataset": ident})
+            self._forget(ident, numbers)
+            self.registry.create_dataset(rec)
         version = self.sync(ident) if source.kind in FETCHED else None
         return self.registry.get_dataset(rec.id), version
 
@@ -118,7 +145,10 @@ class DatasetStore:
 
     def delete_dataset(self, dataset_id: str) -> None:
         dataset_id = check_id(dataset_id, "dataset")
-        numbers = self.registry.delete_dataset(dataset_id)
+        self._forget(dataset_id, self.registry.delete_dataset(dataset_id))
+
+    def _forget(self, dataset_id: str, numbers: list[int]) -> None:
+        """Removes what a deleted dataset's versions kept outside the state: manifests, staging."""
         for n in numbers:
             self.blobs.store.delete(manifest_key(dataset_id, n))
         shutil.rmtree(self.work_dir / "staging" / dataset_id, ignore_errors=True)
@@ -141,6 +171,19 @@ class DatasetStore:
         """Restarts syncs a crash or restart interrupted; their staging and hashes are reused."""
         return self.syncs.resume_unfinished()
 
+    def clean_up_interrupted(self) -> threading.Thread:
+        """At start: fails the uploads and transforms a restart interrupted, and removes partial
+        writes in the background (listing a large store takes a while); returns that thread."""
+        fail_interrupted(self.registry, interrupted_before(self.registry, self.started, self.gc_grace_s))
+        sweep = threading.Thread(
+            target=sweep_partial_writes,
+            args=(self.blobs.store, self.partial_write_grace_s),
+            name="sweep-partial-writes",
+            daemon=True,
+        )
+        sweep.start()
+        return sweep
+
     def _prewarm(self, version: VersionRecord, root: Path, provenance: dict[str, str]) -> VersionRecord:
         """Hashes and uploads ``root`` into ``version``, then writes the manifest and verifies."""
         progress = PrewarmProgress()
@@ -149,10 +192,13 @@ class DatasetStore:
         def publish() -> None:
             holder[0] = self.registry.update_version(holder[0], progress=progress.as_dict())
 
-        manifest = self.prewarmer.manifest_of(root, progress, publish)
-        manifest.source = {**provenance}
-        self.prewarmer.upload(root, manifest, progress, publish)
-        return self._finish(holder[0], manifest, progress)
+        try:
+            manifest = self.prewarmer.manifest_of(root, progress, publish)
+            manifest.source = {**provenance}
+            self.prewarmer.upload(root, manifest, progress, publish)
+            return self._finish(holder[0], manifest, progress)
+        except StoreFull as exc:
+            raise store_full(self.registry, exc, [holder[0]]) from exc
 
     def _finish(
         self, version: VersionRecord, manifest: Manifest, progress: PrewarmProgress | None
@@ -204,9 +250,9 @@ class DatasetStore:
         self.registry.delete_version(dataset_id, number)
         self.blobs.store.delete(manifest_key(dataset_id, number))
 
-    def watch_version(self, name: str) -> Iterator[VersionRecord]:
+    def watch_version(self, name: str, active: Callable[[], bool] = lambda: True) -> Iterator[VersionRecord]:
         version = self.get_version(name)
-        return self.registry.watch(version.dataset_id, version.number)
+        return self.registry.watch(version.dataset_id, version.number, active)
 
     def manifest(self, name: str) -> tuple[VersionRecord, Manifest]:
         version = self.get_version(name)
@@ -252,7 +298,10 @@ class DatasetStore:
         stored: dict[str, int] = {}
         try:
             for sha256, size, chunks in blobs:
-                self.blobs.put_verified_stream(sha256, size, chunks)
+                try:
+                    self.blobs.put_verified_stream(sha256, size, chunks)
+                except StoreFull as exc:
+                    raise store_full(self.registry, exc, self.registry.uploads_with_blob(sha256)) from exc
                 stored[sha256] = size
         finally:
             self.registry.add_blobs(stored)
@@ -270,6 +319,8 @@ class DatasetStore:
         manifest = Manifest.from_json(text.encode())
         try:
             version = self._finish(version, manifest, None)
+        except StoreFull as exc:
+            raise store_full(self.registry, exc, [version]) from exc
         except FailedPrecondition:
             current = self.registry.get_version(version.dataset_id, version.number)
             self.registry.update_version(current, state="UPLOADING")
@@ -278,6 +329,7 @@ class DatasetStore:
         return version
 
     def read_blob(self, sha256: str) -> Iterator[bytes]:
+        check_sha256(sha256, "sha256")
         if not self.registry.known_blobs([sha256]) and not self.blobs.has(sha256):
             raise NotFound(f"blob {sha256} is not in the store")
         return self.blobs.iter_chunks(sha256)
@@ -321,8 +373,11 @@ class DatasetStore:
             raise
 
     def garbage_collect(self, dry_run: bool) -> tuple[int, int, int]:
-        """Deletes blobs no manifest (dataset or environment) or in-flight upload references."""
-        return collect_garbage(self.blobs, self.registry, self.gc_grace_s, dry_run)
+        """Deletes blobs no manifest (dataset or environment) or in-flight upload references, and
+        what interrupted writes left (counted with the blobs)."""
+        partial, partial_bytes = sweep_partial_writes(self.blobs.store, self.partial_write_grace_s, dry_run)
+        deleted, freed, kept = collect_garbage(self.blobs, self.registry, self.gc_grace_s, dry_run)
+        return deleted + partial, freed + partial_bytes, kept
 
     def close(self) -> None:
         self.syncs.close()

@@ -7,6 +7,7 @@ older database lacks when the service starts.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Engine,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Text,
 )
 
+from tunelab.common.ownership import owner_columns
 from tunelab.common.state import add_missing_columns
 
 metadata = MetaData()
@@ -46,12 +48,14 @@ versions_t = Table(
     Column("error", Text, nullable=False, default=""),
     Column("progress", Text, nullable=False, default="{}"),
     Column("file_count", Integer, nullable=False, default=0),
-    Column("size_bytes", Integer, nullable=False, default=0),
+    Column("size_bytes", BigInteger, nullable=False, default=0),
     Column("manifest_digest", String(64), nullable=False, default=""),
     Column("provenance", Text, nullable=False, default="{}"),
     Column("create_time", Float, nullable=False),
     Column("ready_time", Float, nullable=True),
     Column("revision", Integer, nullable=False, default=0),
+    # The replica fetching and prewarming the version, while it renews its hold on it.
+    *owner_columns(),
     ForeignKeyConstraint(["dataset_id"], ["datasets.id"], ondelete="CASCADE"),
 )
 
@@ -73,7 +77,7 @@ blobs_t = Table(
     "blobs",
     metadata,
     Column("sha256", String(64), primary_key=True),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
     Column("verified", Boolean, nullable=False, default=True),
 )
 

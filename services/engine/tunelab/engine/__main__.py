@@ -1,6 +1,9 @@
 """``python -m tunelab.engine --model DIR [--served-model-name NAME] [--lora-modules NAME=DIR ...]``
 
-Flags follow ``vllm serve`` where they overlap, so the gateway starts both the same way.
+Flags follow ``vllm serve`` where they overlap, so the gateway starts both the same way. The API key
+comes from the environment, ``TUNELAB_ENGINE_API_KEY`` (as vLLM's from ``VLLM_API_KEY``): with it,
+every route but ``/health`` requires ``Authorization: Bearer <key>``. Adapters loaded at runtime
+(``/v1/load_lora_adapter``) must lie under an ``--adapter-root``.
 """
 
 from __future__ import annotations
@@ -8,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,6 +24,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--served-model-name", default="", help="the name clients call the base model by")
     p.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=DIR", help="LoRA adapters to load")
+    p.add_argument(
+        "--adapter-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory /v1/load_lora_adapter may load adapters from (repeatable; none: no runtime "
+        "loading); paths are checked after resolving symlinks",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import uvicorn
 
+    from tunelab.engine.access import API_KEY_ENV
     from tunelab.engine.app import build_app
     from tunelab.engine.batcher import Batcher
     from tunelab.engine.model import IMPORT_HINT, LoadError, ServedModel, is_thudm_chatglm
@@ -115,7 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     batcher = Batcher(model, args.max_batch_size, args.batch_wait_ms / 1000)
     batcher.start()
     log.info("serving %s on %s:%d", ", ".join(model.names()), args.host, args.port)
-    app = build_app(model, batcher, args.default_max_tokens, args.max_body_bytes)
+    api_key = os.environ.pop(API_KEY_ENV, "")  # not passed on to anything this process starts
+    if not api_key:
+        log.warning(
+            "%s is not set: anyone who reaches %s:%d may call this engine", API_KEY_ENV, args.host, args.port
+        )
+    app = build_app(
+        model,
+        batcher,
+        args.default_max_tokens,
+        args.max_body_bytes,
+        api_key=api_key,
+        adapter_roots=[Path(root) for root in args.adapter_root],
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     batcher.stop()
     return 0

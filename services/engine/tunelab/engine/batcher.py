@@ -6,7 +6,10 @@ own adapter, sampling, stop strings and max_tokens. Rows of different adapters s
 through peft's ``adapter_names`` where the model allows it (``ServedModel.can_mix``); otherwise
 each adapter's rows run as a batch of their own, one after the other. A stopping criterion
 called after every step hands each row's new token to its request (as text deltas, on the
-request's asyncio queue) and ends rows that are finished, cancelled or at their limit. This is
+request's asyncio queue) and ends rows that are finished, cancelled or at their limit. Rows that
+ask for logprobs get, with each token, its logprob and the most likely alternatives (from the
+model's distribution before sampling, as vLLM's default ``raw_logprobs``); rows that echo their
+prompt with logprobs get the prompt's too, from one forward pass before generation. This is
 static batching: a request that arrives mid-batch waits for the next one (vLLM's continuous
 batching would let it join at the next step).
 """
@@ -30,10 +33,20 @@ from tunelab.engine.sampling import RowSampler, Sampling
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token of a row with its logprob, and the ``top`` most likely tokens at its step."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass
 class Delta:
     text: str
-    logprob: float | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens behind ``text``, if asked
+    index: int = 0
 
 
 @dataclass
@@ -41,31 +54,52 @@ class Finish:
     reason: str
     prompt_tokens: int
     completion_tokens: int
+    index: int = 0
+
+
+Item = Delta | Finish | BaseException
 
 
 @dataclass
 class GenRequest:
+    """One row: a prompt and one answer to it. The rows of one HTTP request (several prompts, ``n``
+    answers each) share ``out``; ``index`` tells their items apart."""
+
     ids: list[int]
     adapter: str
     max_tokens: int
     sampling: Sampling
     stop: list[str]
     loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[Delta | Finish | BaseException] = field(default_factory=asyncio.Queue)
+    out: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    index: int = 0
     want_logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per token, with want_logprobs
+    prompt_logprobs: bool = False  # the prompt's logprobs too, in ``prompt_steps`` before any item
     cancelled: bool = False
     generated: list[int] = field(default_factory=list)
     text: str = ""
     finish: str | None = None
-    logprob: float | None = None
+    pending: list[TokenLogprob] = field(default_factory=list)  # sampled, not yet handed over
+    prompt_steps: list[TokenLogprob] = field(default_factory=list)  # the prompt's tokens after the first
     closed: bool = False  # its Finish is sent
 
-    def emit(self, item: Delta | Finish | BaseException) -> None:
+    def emit(self, item: Item) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
     def close(self) -> None:
         self.closed = True
-        self.emit(Finish(self.finish or "length", len(self.ids), len(self.generated)))
+        self.emit(Finish(self.finish or "length", len(self.ids), len(self.generated), self.index))
+
+
+def step_logprobs(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """``token``'s logprob under ``logits`` (one row), with the ``top`` most likely tokens."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        values, ids = torch.topk(logprobs, min(top, logprobs.numel()))
+        best = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token, float(logprobs[token]), best)
 
 
 class _Sampler(LogitsProcessor):
@@ -78,8 +112,8 @@ class _Sampler(LogitsProcessor):
         for i, r in enumerate(self.rows):
             logits = scores[i].float()
             token = self.sampler.pick(i, r.sampling, logits)
-            if r.want_logprobs:
-                r.logprob = float(torch.log_softmax(logits, dim=-1)[token])
+            if r.want_logprobs and r.finish is None:
+                r.pending.append(step_logprobs(logits, token, r.top_logprobs))
             out[i, token] = 0.0
         return out  # type: ignore[return-value]
 
@@ -105,6 +139,9 @@ class _Rows(StoppingCriteria):
             return
         if token in self.stop_ids:  # never shown: it ends the text
             r.finish = "stop"
+            if r.pending:
+                r.pending.pop()  # the stop token's, not part of the answer
+                self.hand_over(r, r.text)  # tokens that waited for the rest of a character
             return
         r.generated.append(token)
         full = self.model.decode(r.generated)
@@ -115,8 +152,14 @@ class _Rows(StoppingCriteria):
             r.finish = "length"
         elif full.endswith("\ufffd"):
             return  # half a character: wait for the rest
-        if len(full) > len(r.text) or r.want_logprobs:
-            r.emit(Delta(full[len(r.text) :], r.logprob))
+        self.hand_over(r, full)
+
+    @staticmethod
+    def hand_over(r: GenRequest, full: str) -> None:
+        """Sends the row's new text (``full`` past what it sent) with the tokens sampled for it."""
+        if len(full) > len(r.text) or r.pending:
+            r.emit(Delta(full[len(r.text) :], r.pending, r.index))
+            r.pending = []
             r.text = full
 
 
@@ -203,6 +246,9 @@ class Batcher:
         mask = torch.tensor(
             [[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows], device=self.model.device
         )
+        for r in rows:
+            if r.prompt_logprobs and not r.cancelled:
+                r.prompt_steps = self._prompt_logprobs(r, "adapter_names" in extra)
         self.model.model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -215,3 +261,11 @@ class Batcher:
         )
         for r in rows:
             r.close()
+
+    def _prompt_logprobs(self, r: GenRequest, mixed: bool) -> list[TokenLogprob]:
+        """The logprob of each prompt token after the first given the ones before it: a forward pass
+        over the row alone (unpadded, so positions are the prompt's own)."""
+        ids = torch.tensor([r.ids], device=self.model.device)
+        extra = {"adapter_names": [r.adapter]} if mixed else {}
+        logits = self.model.model(input_ids=ids, **extra).logits[0]
+        return [step_logprobs(logits[pos - 1], r.ids[pos], r.top_logprobs) for pos in range(1, len(r.ids))]

@@ -26,7 +26,8 @@ def _index(msg: pb.PackageIndex) -> Index:
 def spec_from_pb(msg: pb.EnvironmentSpec) -> Spec:
     exclude_newer = ""
     if msg.HasField("exclude_newer"):
-        exclude_newer = msg.exclude_newer.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
+        at = msg.exclude_newer.ToDatetime()  # strftime's %Y drops the zeros of years before 1000
+        exclude_newer = f"{at.year:04d}-{at:%m-%dT%H:%M:%S}Z"
     return Spec(
         python_version=msg.python_version.strip(),
         requirements=msg.requirements,

@@ -4,6 +4,9 @@ resolve (or reuse a fresh resolution of the identical spec) → env_key → reus
 that key, or wait for the build of it already in flight, or build it → READY / FAILED.
 Two requests that resolve to one key build it once: the first registers a future in the in-flight
 map under a lock, the others wait on it.
+
+Replicas share the environments table: the replica running a build owns the environment's row
+(``tunelab.common.ownership``) and renews that while it runs, so no other replica resumes it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from tunelab.common.errors import NotFound
+from tunelab.common.ownership import Ownership, replica_name
 from tunelab.environments.builder import Builder
 from tunelab.environments.catalog import BuildRecord, Catalog, Resolution
 from tunelab.environments.explain import BuildFailed
@@ -25,6 +29,7 @@ from tunelab.environments.metrics import BuildMetrics
 from tunelab.environments.registry import EnvRecord, Registry
 from tunelab.environments.resolver import Resolver
 from tunelab.environments.spec import Spec
+from tunelab.environments.tables import environments_t
 from tunelab.environments.uv import Interpreter, Redactor, Uv
 
 log = logging.getLogger(__name__)
@@ -67,8 +72,15 @@ class BuildJobs:
         build_timeout_s: float = 1800.0,
         resolve_ttl_s: float = 600.0,
         metrics: BuildMetrics | None = None,
+        replica: str = "",
+        lease_s: float = 30.0,
     ) -> None:
+        """``replica``: this replica's name (TUNELAB_REPLICA_ID; empty: one of its own);
+        ``lease_s``: how long its hold on a build lasts unrenewed."""
         self.metrics = metrics or BuildMetrics()
+        self.ownership = Ownership(
+            registry.engine, environments_t, replica or replica_name("", builder.work_dir), lease_s
+        )
         self.registry = registry
         self.catalog = catalog
         self.builder = builder
@@ -111,8 +123,22 @@ class BuildJobs:
         self._finished(done, "cache_hit")
         return done
 
-    def submit(self, rec: EnvRecord, spec: Spec, python: Interpreter) -> None:
+    def claim(self, env_id: str) -> bool:
+        """Takes the build of ``env_id`` for this replica; False when another live replica runs it."""
+        return env_id not in self._running and self.ownership.claim({"id": env_id})
+
+    def submit(self, rec: EnvRecord, spec: Spec, python: Interpreter) -> bool:
+        """Builds ``rec`` here, unless another live replica builds it (False)."""
+        if not self.claim(rec.id):
+            return False
         self._running[rec.id] = self._pool.submit(self._run, rec, spec, python)
+        return True
+
+    def renew(self) -> None:
+        """Extends this replica's hold on the builds it runs."""
+        self.ownership.renew(
+            [{"id": env_id} for env_id, future in list(self._running.items()) if not future.done()]
+        )
 
     def wait_idle(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -153,6 +179,7 @@ class BuildJobs:
                 rec.id, logline, f"internal error (incident {incident}); the service log has the details"
             )
         finally:
+            self.ownership.release({"id": rec.id})
             self._running.pop(rec.id, None)
 
     def _fail(self, env_id: str, logline: BuildLog, message: str) -> None:

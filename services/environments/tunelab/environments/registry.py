@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +42,8 @@ class EnvRecord:
     ready_time: float | None = None
     last_used_time: float | None = None
     revision: int = 0
+    owner: str = ""  # the replica building it (tunelab.common.ownership)
+    owned_until: float | None = None
 
     @property
     def name(self) -> str:
@@ -188,12 +190,18 @@ class Registry:
 
     # -- watching ---------------------------------------------------------------------------
     def watch(
-        self, env_id: str, after_line: int, with_logs: bool, poll_s: float = 1.0
+        self,
+        env_id: str,
+        after_line: int,
+        with_logs: bool,
+        active: Callable[[], bool] = lambda: True,
+        poll_s: float = 1.0,
     ) -> Iterator[tuple[EnvRecord, list[LogLine]]]:
         """Yields the environment now and on every change with the log lines since the last yield,
-        until it is READY or FAILED (the remaining lines are sent first)."""
+        until it is READY or FAILED (the remaining lines are sent first) or ``active()`` turns false
+        (checked at least every ``poll_s``: a watcher that went away frees its thread)."""
         last_revision = -1
-        while True:
+        while active():
             with self._changed:
                 rec = self.get(env_id)
                 lines = self.logs(env_id, after_line) if with_logs else []

@@ -7,6 +7,8 @@ import os
 import uv as uv_package
 
 from tunelab.common.grpc.server import GrpcServer, Registration
+from tunelab.common.netguard import NetPolicy
+from tunelab.common.ownership import replica_name
 from tunelab.common.state import open_database
 from tunelab.common.storage.blobs import BlobStore
 from tunelab.common.storage.objectstore import open_store
@@ -19,7 +21,7 @@ from tunelab.environments.registry import Registry
 from tunelab.environments.servicer import EnvironmentServicer
 from tunelab.environments.settings import EnvironmentSettings
 from tunelab.environments.store import EnvironmentStore
-from tunelab.environments.tables import metadata
+from tunelab.environments.tables import metadata, upgrade
 from tunelab.environments.uv import Uv
 from tunelab.environments.v1 import environments_pb2, environments_pb2_grpc
 
@@ -27,6 +29,7 @@ from tunelab.environments.v1 import environments_pb2, environments_pb2_grpc
 def build_store(settings: EnvironmentSettings, metrics: BuildMetrics | None = None) -> EnvironmentStore:
     data_dir = settings.data_dir / "environments"
     engine = open_database(settings.state_url, data_dir / "state.sqlite", metadata)
+    upgrade(engine)
     store = open_store(settings)
     if hasattr(store, "ensure_bucket"):
         store.ensure_bucket()
@@ -60,6 +63,8 @@ def build_store(settings: EnvironmentSettings, metrics: BuildMetrics | None = No
         build_timeout_s=settings.build_timeout_s,
         resolve_ttl_s=settings.resolve_cache_ttl_s,
         metrics=metrics,
+        replica=replica_name(settings.replica_id, settings.data_dir),
+        lease_s=settings.replica_lease_s,
     )
     return EnvironmentStore(
         registry,
@@ -69,8 +74,12 @@ def build_store(settings: EnvironmentSettings, metrics: BuildMetrics | None = No
         uv,
         blobs,
         allow_unsafe=settings.allow_unsafe_requirements,
+        net_policy=NetPolicy(
+            "environments", settings.allow_private_addresses, tuple(settings.allowed_networks)
+        ),
         lease_ttl_s=settings.lease_ttl_s,
         gc_budget=settings.gc_max_total_bytes,
+        replica_lease_s=settings.replica_lease_s,
     )
 
 

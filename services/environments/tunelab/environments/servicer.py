@@ -51,9 +51,8 @@ class EnvironmentServicer(environments_pb2_grpc.EnvironmentServiceServicer):
     def WatchEnvironment(
         self, request: pb.WatchEnvironmentRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchEnvironmentResponse]:
-        for view, lines in self.store.watch(_id(request.name), request.after_line, request.exclude_logs):
-            if not context.is_active():
-                return
+        name, after, exclude = _id(request.name), request.after_line, request.exclude_logs
+        for view, lines in self.store.watch(name, after, exclude, context.is_active):
             yield pb.WatchEnvironmentResponse(
                 environment=convert.env_to_pb(view), log_lines=[convert.log_to_pb(x) for x in lines]
             )

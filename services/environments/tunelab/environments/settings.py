@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from tunelab.common.netguard import AllowedNetworks
 from tunelab.common.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ServiceSettings
 
 
@@ -30,6 +31,16 @@ class EnvironmentSettings(ServiceSettings):
     allow_unsafe_requirements: bool = Field(
         default=False,
         description="Honour a spec's allow_unsafe_requirements (local paths, -e, index options).",
+    )
+    allow_private_addresses: bool = Field(
+        default=False,
+        description="Let specs reach loopback, private, link-local and metadata addresses (SSRF guard): "
+        "their indexes, direct URLs and index options.",
+    )
+    allowed_networks: AllowedNetworks = Field(
+        default=(),
+        description="CIDRs a spec may reach even while the SSRF guard is on, e.g. an on-prem index's "
+        "10.0.0.0/8.",
     )
     http_timeout_s: int = Field(default=30, ge=1, description="uv's timeout for one HTTP read.")
     http_retries: int = Field(default=2, ge=0, description="uv's retries of a failed HTTP request.")

@@ -141,9 +141,13 @@ def validate(spec: Spec, server_allows_unsafe: bool) -> None:
 
 
 def _check_index(where: str, index: Index) -> None:
-    parts = urlsplit(index.url)
+    refusal = f"spec.{where}.url {index.url!r}: give an http(s) URL of a simple index"
+    try:
+        parts = urlsplit(index.url)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        raise InvalidArgument(refusal) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidArgument(f"spec.{where}.url {index.url!r}: give an http(s) URL of a simple index")
+        raise InvalidArgument(refusal)
     if parts.username or parts.password:
         raise InvalidArgument(
             f"spec.{where}.url: do not put credentials in the URL; set spec.{where}.username and .password"
@@ -189,6 +193,8 @@ def _why_unsafe(line: str) -> str:
     if "@" in target and "://" not in target.split("@", 1)[0]:
         target = target.split("@", 1)[1].strip()
     if target.startswith(("file:", ".", "/", "~")) or "\\" in target:
+        return "points at a local path"
+    if "://" in target and target.split("://", 1)[0].lower().endswith("+file"):  # git+file://…
         return "points at a local path"
     if "/" in target and "://" not in target:
         return "points at a local path"

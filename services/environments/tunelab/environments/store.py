@@ -4,15 +4,18 @@ over it; its backends (state, blob store, uv, builder) come in through the const
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tunelab.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tunelab.common.names import check_id, parse_name
+from tunelab.common.netguard import AddressPolicy, NetPolicy
+from tunelab.common.ownership import Keeper
 from tunelab.common.storage.blobs import BlobStore
 from tunelab.common.storage.manifest import FileEntry, Manifest
 from tunelab.environments.builder import manifest_key
 from tunelab.environments.catalog import BuildRecord, Catalog, LeaseRecord
+from tunelab.environments.egress import check_egress
 from tunelab.environments.gc import Collector, GcResult
 from tunelab.environments.jobs import BuildJobs
 from tunelab.environments.limits import check_metadata, check_spec
@@ -43,8 +46,10 @@ class EnvironmentStore:
         blobs: BlobStore,
         *,
         allow_unsafe: bool = False,
+        net_policy: AddressPolicy = NetPolicy("environments"),
         lease_ttl_s: float = 3600.0,
         gc_budget: int = 50 * 1024**3,
+        replica_lease_s: float = 30.0,
     ) -> None:
         self.registry = registry
         self.catalog = catalog
@@ -53,8 +58,10 @@ class EnvironmentStore:
         self.uv = uv
         self.blobs = blobs
         self.allow_unsafe = allow_unsafe
+        self.net_policy = net_policy
         self.lease_ttl_s = lease_ttl_s
         self.gc_budget = gc_budget
+        self._keeper = Keeper("build-leases", replica_lease_s, self._keep)
 
     # -- environments -------------------------------------------------------------------------
     def create(
@@ -69,6 +76,7 @@ class EnvironmentStore:
         check_spec(spec)
         check_metadata(description, labels or {})
         validate(spec, self.allow_unsafe)
+        check_egress(spec, self.net_policy)
         python = self.uv.find_python(spec.python_version)
         rec = EnvRecord(
             env_id, spec.to_dict(), spec.identity(), time.time(), description, labels or {}, phase="pending"
@@ -90,8 +98,8 @@ class EnvironmentStore:
             except AlreadyExists:  # a concurrent create of the same name won
                 return self.create(env_id, spec, description, labels, replace)
         ready = self.jobs.try_cached(rec, spec, python)
-        if ready is None:
-            self.jobs.submit(rec, spec, python)
+        if ready is None and self.jobs.submit(rec, spec, python):
+            self._keeper.start()
         return self.view(ready or rec)
 
     def view(self, rec: EnvRecord) -> EnvView:
@@ -130,10 +138,10 @@ class EnvironmentStore:
         self.collector.sweep()
 
     def watch(
-        self, env_id: str, after_line: int, exclude_logs: bool
+        self, env_id: str, after_line: int, exclude_logs: bool, active: Callable[[], bool] = lambda: True
     ) -> Iterator[tuple[EnvView, list[LogLine]]]:
         self.registry.get(check_id(env_id, "environment"))
-        for rec, lines in self.registry.watch(env_id, after_line, not exclude_logs):
+        for rec, lines in self.registry.watch(env_id, after_line, not exclude_logs, active):
             yield self.view(rec), lines
 
     def logs(self, env_id: str, page_token: str, page_size: int, tail: int) -> tuple[list[LogLine], str]:
@@ -147,26 +155,39 @@ class EnvironmentStore:
         return lines, (str(lines[-1].number) if len(lines) == size else "")
 
     def resume_unfinished(self) -> int:
-        """Restarts builds a restart interrupted (those whose index passwords were not kept fail)."""
+        """Restarts the builds no live replica holds: this replica's own that a restart interrupted,
+        and those of a replica that stopped renewing its hold (it died). Builds whose index
+        passwords were not kept fail. From then on a keeper renews this replica's holds and does
+        this every third of the lease."""
         resumed = 0
         for rec in self.registry.unfinished():
+            if not self.jobs.claim(rec.id):
+                continue  # another replica builds it, or this one does already
             spec = Spec.from_dict(rec.spec)
             if spec.withheld_secrets():
-                self.registry.update(
+                self._fail_resumed(
                     rec,
-                    state="FAILED",
-                    error="the service restarted during the build, and index passwords are never stored: "
+                    "the service restarted during the build, and index passwords are never stored: "
                     "create the environment again (with replace)",
                 )
                 continue
             try:
                 python = self.uv.find_python(spec.python_version)
             except InvalidArgument as exc:
-                self.registry.update(rec, state="FAILED", error=exc.message)
+                self._fail_resumed(rec, exc.message)
                 continue
-            self.jobs.submit(self.registry.update(rec, state="PENDING", phase="pending"), spec, python)
-            resumed += 1
+            if self.jobs.submit(self.registry.update(rec, state="PENDING", phase="pending"), spec, python):
+                resumed += 1
+        self._keeper.start()
         return resumed
+
+    def _fail_resumed(self, rec: EnvRecord, error: str) -> None:
+        self.registry.update(rec, state="FAILED", error=error)
+        self.jobs.ownership.release({"id": rec.id})
+
+    def _keep(self) -> None:
+        self.jobs.renew()
+        self.resume_unfinished()
 
     # -- stored builds ------------------------------------------------------------------------
     def artifact(self, env_id: str, env_key: str = "") -> BuildRecord:
@@ -238,6 +259,7 @@ class EnvironmentStore:
         return self.collector.collect(max_total_bytes or self.gc_budget, min_idle_s, dry_run)
 
     def close(self) -> None:
+        self._keeper.stop()
         self.jobs.close()
 
 

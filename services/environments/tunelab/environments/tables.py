@@ -1,8 +1,13 @@
-"""The environments service's state tables (SQLAlchemy Core; SQLite by default)."""
+"""The environments service's state tables (SQLAlchemy Core; SQLite by default, Postgres for
+replicas). A column added after a release needs a server default (or to be nullable): ``upgrade``
+adds what an older database lacks when the service starts."""
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Engine, Float, Integer, MetaData, String, Table, Text
+
+from tunelab.common.ownership import owner_columns
+from tunelab.common.state import add_missing_columns
 
 metadata = MetaData()
 
@@ -28,6 +33,8 @@ environments_t = Table(
     Column("ready_time", Float, nullable=True),
     Column("last_used_time", Float, nullable=True),
     Column("revision", Integer, nullable=False, default=0),
+    # The replica resolving and building it, while it renews its hold on it.
+    *owner_columns(),
 )
 
 # Build logs, kept after FAILED.
@@ -49,8 +56,8 @@ builds_t = Table(
     Column("python_version", String(32), nullable=False),
     Column("platform", String(64), nullable=False),
     Column("package_count", Integer, nullable=False),
-    Column("size_bytes", Integer, nullable=False),
-    Column("stored_bytes", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("stored_bytes", BigInteger, nullable=False),
     Column("layers", Text, nullable=False),
     Column("manifest_sha256", String(64), nullable=False),
     Column("ready_time", Float, nullable=False),
@@ -63,8 +70,8 @@ layers_t = Table(
     Column("layer_key", String(64), primary_key=True),
     Column("name", Text, nullable=False),
     Column("sha256", String(64), nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("unpacked", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("unpacked", BigInteger, nullable=False),
     Column("files", Integer, nullable=False),
 )
 
@@ -89,3 +96,8 @@ leases_t = Table(
     Column("create_time", Float, nullable=False),
     Column("expire_time", Float, nullable=False),
 )
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Brings a database made by an earlier release up to these tables; returns the columns added."""
+    return add_missing_columns(engine, metadata)

@@ -2,8 +2,10 @@
 
 The secrets are 32 random bytes, so a plain SHA-256 is enough (nothing to brute-force; a slow
 password hash would only slow every request down). Verification hashes the presented secret and
-looks the digest up in an in-memory index, refreshed on every change; ``last_used_time`` is written
-back in batches, off the request path.
+looks the digest up in an in-memory index: rebuilt from the database on every change made here
+(a deleted key is refused by the next request), and every few seconds (``reload``, called by the
+gateway) for changes made by other gateways sharing the database. Expiry is checked on every
+request. ``last_used_time`` is written back in batches, off the request path.
 """
 
 from __future__ import annotations
@@ -46,10 +48,15 @@ class ApiKeys:
         self._by_digest: dict[str, ApiKeyRecord] = {}
         self._used: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._reload()
+        # Reads and swaps of the index in one piece: a periodic reload that read the table before a
+        # delete must not swap its stale index in after the delete's own reload.
+        self._reload_lock = threading.Lock()
+        self.reload()
 
-    def _reload(self) -> None:
-        self._by_digest = {k.secret_sha256: k for k in self.registry.all_keys()}
+    def reload(self) -> None:
+        """Rebuilds the index from the database."""
+        with self._reload_lock:
+            self._by_digest = {k.secret_sha256: k for k in self.registry.all_keys()}
 
     @property
     def any(self) -> bool:
@@ -76,7 +83,7 @@ class ApiKeys:
             expire_time=expire_time,
         )
         self.registry.add_key(rec)
-        self._reload()
+        self.reload()
         return rec, secret
 
     def get(self, key_id: str) -> ApiKeyRecord:
@@ -87,7 +94,7 @@ class ApiKeys:
 
     def delete(self, key_id: str) -> None:
         self.registry.remove_key(key_id)
-        self._reload()
+        self.reload()
 
     def _with_last_use(self, rec: ApiKeyRecord) -> ApiKeyRecord:
         with self._lock:

@@ -174,6 +174,8 @@ def replica_to_pb(r: ReplicaStatus, in_flight: int) -> pb.ReplicaStatus:
         in_flight=in_flight,
         last_check_time=timestamp(r.last_check_time),
         job=r.job,
+        restarts=r.restarts,
+        restart_reason=r.restart_reason,
     )
 
 

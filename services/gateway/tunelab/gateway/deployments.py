@@ -27,6 +27,7 @@ from tunelab.gateway.metrics import GatewayMetrics
 from tunelab.gateway.registry import Registry
 from tunelab.gateway.routing import PhaseTimeouts, Route, Router, RouteTable, deployment_routes
 from tunelab.gateway.specs import ROUTABLE, Deployment, DeploymentSpec, DeploymentStatus, ReplicaStatus
+from tunelab.gateway.supervision import EngineFailed, restart_due_in
 from tunelab.gateway.validation import check_spec
 from tunelab.gateway.workloads import WorkloadFailed
 
@@ -95,14 +96,17 @@ class DeploymentManager:
         with self._changed:
             runtimes = list(self._runtimes.values())
         for rt in runtimes:
-            if rt.replicas is not None:
-                for engine in rt.replicas.engines:
-                    engine.stop()
+            if rt.replicas is not None and rt.replicas.embedded is not None:
+                rt.replicas.embedded.stop()
 
     # -- the API ------------------------------------------------------------------------------
     def create(self, spec: DeploymentSpec) -> Deployment:
+        """A new deployment; one of the same id that FAILED is replaced (reloaded with ``spec``)."""
         with self._changed:
             spec = check_spec(spec, self._serving())
+            failed = self._runtimes.get(spec.id)
+            if failed is not None and failed.status.state == "FAILED":
+                return self._reload(failed, spec)
             now = time.time()
             self.registry.add_deployment(spec, now)
             rt = self._runtimes[spec.id] = _Runtime(spec, DeploymentStatus("PENDING", "", (), now, now))
@@ -125,11 +129,14 @@ class DeploymentManager:
         with self._changed:
             rt = self._runtime(spec.id)
             spec = check_spec(spec, self._serving(but=spec.id))
-            old = (rt.spec, rt.replicas)
-            rt.spec, rt.replicas = spec, None
-            self._set(rt, "PENDING", "", ())
-            self._submit_load(rt, stop_first=old)
-            return rt.view()
+            return self._reload(rt, spec)
+
+    def _reload(self, rt: _Runtime, spec: DeploymentSpec) -> Deployment:
+        old = (rt.spec, rt.replicas)
+        rt.spec, rt.replicas = spec, None
+        self._set(rt, "PENDING", "", ())
+        self._submit_load(rt, stop_first=old)
+        return rt.view()
 
     def delete(self, deployment_id: str) -> None:
         """Stops routing, lets in-flight requests finish (up to the drain timeout), unloads."""
@@ -298,16 +305,23 @@ class DeploymentManager:
 
     def _apply_health(self, rt: _Runtime, statuses: tuple[ReplicaStatus, ...], initial: bool = False) -> None:
         healthy = [s for s in statuses if s.healthy]
-        errors = "; ".join(f"{s.url or s.job}: {s.error}" for s in statuses if not s.healthy)
+        # Embedded replicas by index: a restarted engine may come back on another port.
+        embedded = rt.spec.upstream.kind == "embedded"
+        errors = "; ".join(
+            f"{f'replica {i}' if embedded else s.url or s.job}: {s.error}"
+            for i, s in enumerate(statuses)
+            if not s.healthy
+        )
         if len(healthy) == len(statuses):
             state, error = "READY", ""
-        elif healthy or not initial:
+        elif healthy or not initial or (rt.spec.upstream.kind == "vllm" and all(s.waiting for s in statuses)):
+            # vLLM servers started elsewhere that do not answer yet: checked on until they do
             state, error = "DEGRADED", errors
         else:
             state, error = "FAILED", errors or "no replica became healthy"
 
         def key(s: ReplicaStatus) -> tuple[object, ...]:
-            return (s.url, s.healthy, s.models, s.error)
+            return (s.url, s.healthy, s.models, s.error, s.restarts)
 
         same = [key(s) for s in statuses] == [key(s) for s in rt.status.replicas]
         if same and (state, error) == (rt.status.state, rt.status.error):
@@ -318,7 +332,7 @@ class DeploymentManager:
         self._set(rt, state, error, statuses)
 
     def _health_loop(self) -> None:
-        while not self._stop.wait(self.health_interval_s):
+        while not self._stop.wait(self._next_check_s()):
             with self._changed:
                 todo = [
                     (rt, rt.generation)
@@ -330,7 +344,7 @@ class DeploymentManager:
                     continue
                 try:
                     statuses = tuple(self.loader.check_all(rt.spec, rt.replicas))
-                except WorkloadFailed as exc:
+                except (WorkloadFailed, EngineFailed) as exc:
                     with self._changed:
                         if rt.generation != generation:
                             continue
@@ -338,9 +352,18 @@ class DeploymentManager:
                         self._set(rt, "FAILED", exc.message, ())
                     self._quietly(self.loader.failed, rt.spec)
                     continue
+                except Exception:  # the loop must go on checking (and restarting) the others
+                    log.exception("deployment %s: checking its replicas failed", rt.spec.id)
+                    continue
                 with self._changed:
                     if rt.generation == generation and rt.status.state in ("READY", "DEGRADED"):
                         self._apply_health(rt, statuses)
+
+    def _next_check_s(self) -> float:
+        """The health interval, or less when an engine is due to be started again sooner."""
+        with self._changed:
+            due = [restart_due_in(r.replicas.embedded) for r in self._runtimes.values() if r.replicas]
+        return max(0.05, min([self.health_interval_s, *due]))
 
     def _publish(self) -> None:
         routes: dict[str, Route] = {}
@@ -352,5 +375,8 @@ class DeploymentManager:
             ready[spec.id] = status.state in ("READY", "DEGRADED") and any(r.healthy for r in status.replicas)
             if status.state in ROUTABLE and rt.replicas is not None:
                 urls, base = tuple(rt.replicas.urls), rt.replicas.base_name
-                routes.update(deployment_routes(spec, status, urls, base, self.timeouts, self.max_in_flight))
+                keys = rt.replicas.api_keys(spec.upstream.api_key)
+                routes.update(
+                    deployment_routes(spec, status, urls, base, self.timeouts, self.max_in_flight, keys)
+                )
         self.router.publish(RouteTable(routes, ready))

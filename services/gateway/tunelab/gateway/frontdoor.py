@@ -27,20 +27,16 @@ class FrontDoor:
         keys: ApiKeys,
         limits: Limits,
         *,
-        auth: str = "auto",
-        service_token: str = "",
+        auth_required: bool = True,
         open_health: bool = True,
     ) -> None:
         self.router, self.metrics, self.keys, self.limits = router, metrics, keys, limits
-        self._auth, self._service_token, self.open_health = auth, service_token, open_health
-
-    @property
-    def auth_required(self) -> bool:
-        if self._auth == "auto":
-            return bool(self._service_token) or self.keys.any
-        return self._auth == "on"
+        self.auth_required, self.open_health = auth_required, open_health
 
     def authenticate(self, authorization: str | None) -> Caller:
+        """The caller; Unauthenticated unless it sent a valid key. Keys are required unless turned
+        off by setting (``TUNELAB_API_KEY_AUTH=off``): having none, or having deleted the last one,
+        never opens the routes."""
         if not self.auth_required:
             return ANONYMOUS
         if not self.keys.any:

@@ -17,6 +17,7 @@ from tunelab.gateway.engines import EngineLauncher, EngineProcess
 from tunelab.gateway.modelcheck import check_model_dir
 from tunelab.gateway.models import ModelFetcher
 from tunelab.gateway.specs import Adapter, DeploymentSpec, ReplicaStatus
+from tunelab.gateway.supervision import EngineReplicas, Supervisor
 from tunelab.gateway.upstream.control import ReplicaClient, ServedModel
 from tunelab.gateway.workloads import Workloads, source_ref
 
@@ -30,21 +31,40 @@ class Replicas:
     urls: list[str]
     base_candidates: set[str]  # names or paths the replicas may list the base model under
     adapter_paths: dict[str, str]  # adapter name → path as the replica sees it
-    engines: list[EngineProcess] = field(default_factory=list)
+    embedded: EngineReplicas | None = None  # embedded: the engines, supervised (``supervision.py``)
     jobs: list[str] = field(default_factory=list)  # workload: the job of each replica, as ``urls``
     notes: list[str] = field(default_factory=list)  # workload: why a replica has no URL (yet)
+    restarts: list[tuple[int, str]] = field(default_factory=list)  # workload: each job's, and why
     base_name: str = ""  # the base model's name on the replicas, once seen
+    workload_key: str = field(default="", repr=False)  # workload: the key its servers require
     _clients: dict[str, ReplicaClient] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def engines(self) -> list[EngineProcess]:
+        return self.embedded.engines if self.embedded is not None else []
+
+    def api_key(self, url: str, default: str) -> str:
+        """The key replica ``url`` requires: an embedded engine's own, a workload's, else ``default``
+        (the deployment's ``upstream.api_key`` for vLLM servers started elsewhere)."""
+        engine = next((e for e in self.engines if e.url == url), None)
+        if engine is not None:
+            return engine.api_key
+        return self.workload_key or default
+
+    def api_keys(self, default: str) -> dict[str, str]:
+        """``api_key`` of every replica with a URL, by URL (for the routes)."""
+        return {url: self.api_key(url, default) for url in self.urls if url}
 
     def client(self, url: str, api_key: str, timeout_s: float) -> ReplicaClient:
         """One control client per replica, kept for the deployment's life: building an HTTP client
         (its TLS context) costs tens of milliseconds of CPU, which the request path would feel
-        on every health check."""
+        on every health check. ``api_key``: the deployment's; a replica with its own wins."""
         with self._lock:
             client = self._clients.get(url)
             if client is None:
-                client = self._clients[url] = ReplicaClient(url, api_key, timeout_s=timeout_s)
+                key = self.api_key(url, api_key)
+                client = self._clients[url] = ReplicaClient(url, key, timeout_s=timeout_s)
             return client
 
     def drop_client(self, url: str) -> None:
@@ -52,6 +72,11 @@ class Replicas:
             client = self._clients.pop(url, None)
         if client is not None:
             client.close()
+
+    def replaced(self, index: int, old_url: str, new_url: str) -> None:
+        """Replica ``index`` runs a new engine (its own key, maybe another port)."""
+        self.drop_client(old_url)
+        self.urls[index] = new_url
 
     def close_clients(self) -> None:
         with self._lock:
@@ -68,8 +93,10 @@ class Loader:
         load_timeout_s: float,
         health_timeout_s: float = 5.0,
         workloads: Workloads | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.fetcher = fetcher
+        self.supervisor = supervisor or Supervisor()
         self.launcher = launcher
         self.load_timeout_s = load_timeout_s
         self.health_timeout_s = health_timeout_s
@@ -89,7 +116,12 @@ class Loader:
             n = len(started.jobs)
             base = {spec.model_name, started.files.base}
             return started.spec, Replicas(
-                [""] * n, base, dict(started.files.adapters), jobs=started.jobs, notes=["submitted"] * n
+                [""] * n,
+                base,
+                dict(started.files.adapters),
+                jobs=started.jobs,
+                notes=["submitted"] * n,
+                workload_key=started.api_key,
             )
         base_path, base_version = self.fetcher.resolve(spec.base)
         adapters, paths = [], {}
@@ -104,13 +136,16 @@ class Loader:
         if up.kind == "embedded":
             ref = source_ref(spec.base, base_version)
             check_model_dir(base_path, ref, up.trust_remote_code, "upstream.embedded.trust_remote_code")
-            engines = [
-                self.launcher.start(f"{spec.id}-{i}", base_path, spec.model_name, paths, up)
-                for i in range(max(1, spec.replicas))
-            ]
-            return spec, Replicas(
-                [e.url for e in engines], {spec.model_name}, {k: str(v) for k, v in paths.items()}, engines
-            )
+            # Runtime adapter loads: from the materialized model store, or an adapter's own path.
+            roots = (self.fetcher.root, *(paths[a.name] for a in spec.adapters if a.source.path))
+
+            def launch(i: int, port: int) -> EngineProcess:
+                name = f"{spec.id}-{i}"
+                return self.launcher.start(name, base_path, spec.model_name, paths, up, roots, port=port)
+
+            engines = EngineReplicas(f"deployment {spec.id}", launch, max(1, spec.replicas))
+            adapter_paths = {k: str(v) for k, v in paths.items()}
+            return spec, Replicas([e.url for e in engines.engines], {spec.model_name}, adapter_paths, engines)
         seen = {n: self._upstream_path(p, up.model_dir) for n, p in paths.items()}
         base = {spec.model_name, self._upstream_path(base_path, up.model_dir)}
         if spec.base.path:
@@ -132,24 +167,25 @@ class Loader:
         cancelled: Callable[[], bool] = lambda: False,
         progress: Callable[[list[ReplicaStatus]], None] = lambda _: None,
     ) -> list[ReplicaStatus]:
-        """Checks every replica: vLLM servers (running already) once; embedded engines until all are
-        healthy, one has exited, or the load timeout; workload replicas until all are healthy, one's
-        job has ended (WorkloadFailed), or the load timeout counted from when every job runs (time
-        in the trainer's queue does not count). The health loop takes over from there."""
+        """Checks every replica: vLLM servers started elsewhere until one answers (a server still
+        starting, or not yet up after a restart of the stack) or the load timeout; embedded engines
+        until each is healthy or given up (an engine that exits while loading is started again, up to
+        its tries; EngineFailed when all were given up), or the load timeout; workload replicas until
+        all are healthy, one's job has ended (WorkloadFailed), or the load timeout counted from when every
+        job runs (time in the trainer's queue does not count). The health loop takes over from there."""
         if replicas.jobs:
             return self._wait_jobs(spec, replicas, cancelled, progress)
         deadline = time.monotonic() + self.load_timeout_s
         while True:
-            statuses = [self.check(spec, replicas, url) for url in replicas.urls]
-            exited = [e for e in replicas.engines if e.exited() is not None]
+            statuses = self.check_all(spec, replicas)
             if (
-                all(s.healthy for s in statuses)
-                or not replicas.engines
-                or exited
+                (replicas.embedded is None and not all(s.waiting for s in statuses))
+                or (replicas.embedded is not None and replicas.embedded.settled(statuses))
                 or time.monotonic() > deadline
                 or cancelled()
             ):
                 return statuses
+            progress(statuses)  # an engine that died while loading, and its restart
             time.sleep(0.5)
 
     def _wait_jobs(
@@ -175,7 +211,12 @@ class Loader:
 
     def check_all(self, spec: DeploymentSpec, replicas: Replicas) -> list[ReplicaStatus]:
         """Every replica's status; workload replicas first follow their jobs to their endpoints
-        (WorkloadFailed when a job has ended)."""
+        (WorkloadFailed when a job has ended); embedded engines that exited are started again
+        (``supervision.py``; EngineFailed when every one was given up)."""
+        if replicas.embedded is not None:
+            return self.supervisor.check(
+                replicas.embedded, lambda url: self.check(spec, replicas, url), replicas.replaced
+            )
         if not replicas.jobs:
             return [self.check(spec, replicas, url) for url in replicas.urls]
         try:
@@ -190,23 +231,24 @@ class Loader:
                     )
                     replicas.drop_client(replicas.urls[i])
                 replicas.urls[i], replicas.notes[i] = view.url, view.note
+            replicas.restarts = [(v.restarts, v.restart_reason) for v in views]
         now = time.time()
+        restarts = replicas.restarts or [(0, "")] * len(replicas.jobs)
         return [
-            replace(self.check(spec, replicas, url), job=job)
-            if url
-            else ReplicaStatus("", False, error=note, last_check_time=now, job=job)
-            for url, job, note in zip(list(replicas.urls), replicas.jobs, replicas.notes, strict=True)
+            replace(
+                self.check(spec, replicas, url)
+                if url
+                else ReplicaStatus("", False, error=note, last_check_time=now),
+                job=job,
+                restarts=n,
+                restart_reason=why,
+            )
+            for url, job, note, (n, why) in zip(
+                list(replicas.urls), replicas.jobs, replicas.notes, restarts, strict=True
+            )
         ]
 
     def check(self, spec: DeploymentSpec, replicas: Replicas, url: str) -> ReplicaStatus:
-        engine = next((e for e in replicas.engines if e.url == url), None)
-        if engine is not None and (code := engine.exited()) is not None:
-            return ReplicaStatus(
-                url,
-                False,
-                error=f"engine exited with {code}: {engine.failure()} (log: {engine.log})",
-                last_check_time=time.time(),
-            )
         client = replicas.client(url, spec.upstream.api_key, self.health_timeout_s)
         try:
             client.health()
@@ -218,6 +260,8 @@ class Loader:
             if missing:
                 raise FailedPrecondition(missing)
             return ReplicaStatus(url, True, tuple(m.id for m in served), last_check_time=time.time())
+        except Unavailable as exc:
+            return ReplicaStatus(url, False, error=exc.message, last_check_time=time.time(), waiting=True)
         except TunelabError as exc:
             return ReplicaStatus(url, False, error=exc.message, last_check_time=time.time())
 
@@ -282,8 +326,8 @@ class Loader:
     def unload(self, spec: DeploymentSpec, replicas: Replicas, grace_s: float = 10.0) -> None:
         """Stops what ``replicas`` runs here (engines, vLLM adapters, clients); a workload's jobs
         belong to the deployment, not to one load of it (see ``release``)."""
-        for engine in replicas.engines:
-            engine.stop(grace_s)
+        if replicas.embedded is not None:
+            replicas.embedded.stop(grace_s)
         try:
             if spec.upstream.kind == "vllm":
                 for url in replicas.urls:

@@ -2,14 +2,15 @@
 the metrics port, with the gRPC metrics of ``tunelab.common``).
 
 Request metrics (labels: ``model`` = the name the client called, ``route`` = the protocol route
-such as ``openai_chat`` or ``triton_generate_stream``, ``code`` = the HTTP status):
+such as ``openai_chat`` or ``triton_generate_stream``, ``code`` = the HTTP status, or 499 for an
+abort: the client went away before the answer ended, nginx's "client closed request"):
 
     tunelab_gateway_requests_total{model,route,code}
     tunelab_gateway_request_duration_seconds{model,route}          histogram, whole request
     tunelab_gateway_time_to_first_token_seconds{model,route}       histogram, streaming only
     tunelab_gateway_inter_token_latency_seconds{model}             histogram, between streamed chunks
     tunelab_gateway_prompt_tokens_total{model}
-    tunelab_gateway_generation_tokens_total{model}
+    tunelab_gateway_generation_tokens_total{model}                 an aborted stream's: the chunks it was sent
     tunelab_gateway_requests_in_flight{model}                      gauge
     tunelab_gateway_upstream_errors_total{model,kind}              connect, timeout, disconnect, http_Nxx
     tunelab_gateway_replicas{deployment,health}                    gauge, healthy / unhealthy
@@ -30,7 +31,8 @@ class GatewayMetrics:
         self.registry = registry
         self.requests = Counter(
             "tunelab_gateway_requests",
-            "HTTP requests answered, by model, protocol route and status code.",
+            "HTTP requests answered, by model, protocol route and status code (499: aborted, the "
+            "client went away before the answer ended).",
             ["model", "route", "code"],
             registry=registry,
         )
@@ -63,7 +65,7 @@ class GatewayMetrics:
         )
         self.generation_tokens = Counter(
             "tunelab_gateway_generation_tokens",
-            "Generated tokens, as the upstream counted them.",
+            "Generated tokens, as the upstream counted them (an aborted stream: the chunks it was sent).",
             ["model"],
             registry=registry,
         )

@@ -74,9 +74,6 @@ class UpstreamCall:
     async def send(self, first_byte_timeout: float | None = None) -> Http1Response:
         """Sends the request; returns the answer's head (status 2xx), retrying other replicas on
         connection failures and 502/503 while nothing has been received."""
-        headers: tuple[tuple[str, str], ...] = JSON_HEADERS
-        if self.route.api_key:
-            headers = (*headers, ("authorization", f"Bearer {self.route.api_key}"))
         tried: set[str] = set()
         last: Exception | None = None
         for _ in range(self.attempts):
@@ -84,6 +81,8 @@ class UpstreamCall:
             tried.add(replica.url)
             replica.in_flight += 1
             self._replica = replica
+            key = self.route.key_of(replica.url)
+            headers = (*JSON_HEADERS, ("authorization", f"Bearer {key}")) if key else JSON_HEADERS
             try:
                 async with asyncio.timeout(self._left(first_byte_timeout or self.t.total)):
                     resp = await replica.pool.request(

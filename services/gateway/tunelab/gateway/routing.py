@@ -10,6 +10,7 @@ Replica state the data plane owns (connection pools, requests in flight) lives i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tunelab.common.errors import NotFound
@@ -38,10 +39,15 @@ class Route:
     state: str
     max_in_flight: int
     timeouts: PhaseTimeouts
-    api_key: str = ""
+    api_key: str = ""  # sent to every replica without a key of its own in ``replica_keys``
     version: str = "1"
     created: int = 0
     parent: str = ""  # for an adapter: the base model's served name
+    replica_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # URL → its own key
+
+    def key_of(self, url: str) -> str:
+        """The bearer key replica ``url`` requires ("" for none)."""
+        return self.replica_keys.get(url, self.api_key)
 
 
 @dataclass(frozen=True)
@@ -61,9 +67,11 @@ def deployment_routes(
     base_name: str,
     defaults: PhaseTimeouts,
     max_in_flight: int,
+    replica_keys: Mapping[str, str] | None = None,
 ) -> dict[str, Route]:
     """The routes of one routable deployment: its model name (the default adapter, else the base as
-    the replicas name it) and each adapter by its own name."""
+    the replicas name it) and each adapter by its own name. ``replica_keys``: the keys of replicas
+    that require their own (embedded engines, workload servers), by URL."""
     t = spec.timeouts
     timeouts = PhaseTimeouts(
         t.connect or defaults.connect,
@@ -71,6 +79,8 @@ def deployment_routes(
         t.idle or defaults.idle,
         t.total or defaults.total,
     )
+
+    keys = dict(replica_keys or {})
 
     def route(model: str, upstream_model: str, parent: str = "") -> Route:
         return Route(
@@ -85,6 +95,7 @@ def deployment_routes(
             api_key=spec.upstream.api_key,
             created=int(status.create_time),
             parent=parent,
+            replica_keys=keys,
         )
 
     routes = {spec.model_name: route(spec.model_name, spec.default_adapter or base_name or spec.model_name)}

@@ -4,7 +4,9 @@ keys) + HTTP server (the front door) + the domain objects they share."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -26,8 +28,11 @@ from tunelab.gateway.registry import Registry, metadata
 from tunelab.gateway.routing import PhaseTimeouts, Router
 from tunelab.gateway.servicer import GatewayServicer
 from tunelab.gateway.settings import GatewaySettings
+from tunelab.gateway.supervision import RestartPolicy, Supervisor
 from tunelab.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tunelab.gateway.workloads import Workloads
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Gateway:
     gpu: GpuCollector
     fetcher: ModelFetcher
     jobs: TrainerJobs
+    key_refresh_s: float = 2.0
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -49,15 +55,24 @@ class Gateway:
         self.gpu.start()
         self.deployments.start()
         self.http.start()
-        threading.Thread(target=self._flush_keys, name="key-usage", daemon=True).start()
+        threading.Thread(target=self._flush_keys, name="api-keys", daemon=True).start()
 
     def start(self) -> None:
         self.start_http()
         self.grpc.start()
 
     def _flush_keys(self) -> None:
-        while not self._stop.wait(10):
-            self.keys.flush_usage()
+        """Reads the keys again every ``key_refresh_s`` (changes made by other gateways sharing the
+        database) and writes their last-use times every 10 s."""
+        flushed = time.monotonic()
+        while not self._stop.wait(self.key_refresh_s):
+            try:
+                self.keys.reload()
+                if time.monotonic() - flushed >= 10:
+                    flushed = time.monotonic()
+                    self.keys.flush_usage()
+            except Exception:  # the database is away: keep the index, try again
+                log.warning("could not read or update the API keys", exc_info=True)
 
     def close(self) -> None:
         """Stops everything but the gRPC server (its ``on_stop``)."""
@@ -98,7 +113,16 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         fetcher,
         EngineLauncher(settings.engine_python, data_dir / "logs"),
         settings.load_timeout_s,
-        workloads=Workloads(jobs, fetcher, workload_owner(settings)),
+        workloads=Workloads(jobs, fetcher, workload_owner(settings), key_secret=token),
+        supervisor=Supervisor(
+            RestartPolicy(
+                settings.restart_backoff_s,
+                settings.restart_backoff_max_s,
+                settings.restart_stable_s,
+                settings.restart_load_tries,
+                settings.load_timeout_s,
+            )
+        ),
     )
     timeouts = PhaseTimeouts(
         settings.connect_timeout_s,
@@ -122,8 +146,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         metrics,
         keys,
         limits,
-        auth=settings.api_key_auth,
-        service_token=token,
+        auth_required=settings.api_key_auth == "on",
         open_health=settings.open_health,
     )
     http = HttpServer(
@@ -150,5 +173,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         metrics_port=settings.metrics_port or None,
         on_stop=lambda: gateway.close(),
     )
-    gateway = Gateway(grpc_server, http, deployments, keys, router, gpu, fetcher, jobs)
+    gateway = Gateway(
+        grpc_server, http, deployments, keys, router, gpu, fetcher, jobs, settings.api_key_refresh_s
+    )
     return gateway

@@ -17,6 +17,7 @@ import hashlib
 import posixpath
 from dataclasses import dataclass
 
+from tunelab.gateway.engines import ENGINE_API_KEY_ENV
 from tunelab.gateway.specs import DeploymentSpec, ModelSource
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
@@ -86,11 +87,16 @@ def vllm_command(spec: DeploymentSpec, files: ServedFiles, rank: int) -> list[st
 
 
 def engine_command(spec: DeploymentSpec, files: ServedFiles) -> list[str]:
-    """The embedded engine (``python -m tunelab.engine``: the environment's Python, or the image's)."""
+    """The embedded engine (``python -m tunelab.engine``: the environment's Python, or the image's),
+    loading adapters at runtime only from where this deployment's adapters are."""
     cmd = ["python", "-m", "tunelab.engine", "--model", files.base, "--served-model-name", spec.model_name]
     cmd += ["--host", "0.0.0.0", "--port", "$PORT"]
     if files.adapters:
         cmd += ["--lora-modules", *(f"{name}={path}" for name, path in files.adapters.items())]
+    roots = [f"./{ADAPTERS_MOUNT}"] if any(not a.source.path for a in spec.adapters) else []
+    roots += [files.adapters[a.name] for a in spec.adapters if a.source.path]
+    for root in roots:
+        cmd += ["--adapter-root", root]
     if spec.upstream.trust_remote_code:
         cmd.append("--trust-remote-code")
     return cmd + list(spec.upstream.args)
@@ -106,8 +112,19 @@ def job_id(deployment_id: str, index: int) -> str:
     return f"dep-{deployment_id[:keep].rstrip('-')}-{digest}-{index}"
 
 
-def job_spec(spec: DeploymentSpec, index: int, owner: str, rank: int = DEFAULT_LORA_RANK) -> pb.JobSpec:
-    """The server job of replica ``index`` of a workload deployment (sources already resolved)."""
+def server_env(spec: DeploymentSpec, api_key: str) -> dict[str, str]:
+    """The server's environment: vLLM's runtime adapter loading, and the key it requires
+    (``VLLM_API_KEY``, or the engine's ``TUNELAB_ENGINE_API_KEY``; none when ``api_key`` is empty)."""
+    if spec.upstream.runtime == "vllm":
+        return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **({"VLLM_API_KEY": api_key} if api_key else {})}
+    return {ENGINE_API_KEY_ENV: api_key} if api_key else {}
+
+
+def job_spec(
+    spec: DeploymentSpec, index: int, owner: str, rank: int = DEFAULT_LORA_RANK, api_key: str = ""
+) -> pb.JobSpec:
+    """The server job of replica ``index`` of a workload deployment (sources already resolved);
+    ``api_key``: what the server requires of its callers (the gateway's key for the deployment)."""
     up = spec.upstream
     files = served_files(spec)
     vllm = up.runtime == "vllm"
@@ -124,7 +141,7 @@ def job_spec(spec: DeploymentSpec, index: int, owner: str, rank: int = DEFAULT_L
         environment=up.environment,
         labels={OWNER_LABEL: owner, DEPLOYMENT_LABEL: spec.id, REPLICA_LABEL: str(index)},
         command=vllm_command(spec, files, rank) if vllm else engine_command(spec, files),
-        env_vars={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if vllm else {},
+        env_vars=server_env(spec, api_key),
     )
     job.labels[SPEC_LABEL] = hashlib.sha256(job.SerializeToString(deterministic=True)).hexdigest()[:16]
     return job

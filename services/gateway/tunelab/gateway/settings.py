@@ -35,10 +35,17 @@ class GatewaySettings(ServiceSettings):
         "that it finds them after a restart and leaves other gateways' alone; empty: derived from where "
         "its state is kept. Gateways sharing one trainer and one state database share it.",
     )
-    api_key_auth: Literal["auto", "on", "off"] = Field(
-        default="auto",
-        description="API keys on the generate, OpenAI and Triton routes: on, off, or auto (on when "
-        "TUNELAB_AUTH_TOKEN is set or any API key exists).",
+    api_key_auth: Literal["on", "off"] = Field(
+        default="on",
+        description="API keys on the generate, OpenAI and Triton routes. On by default: with no key "
+        "created yet every such route answers 401. `off` opens them to anyone who can reach the port.",
+    )
+    api_key_refresh_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the keys are read again from the state database, so that a key "
+        "deleted through another gateway sharing it is refused here too (this gateway's own changes "
+        "apply at once).",
     )
     open_health: bool = Field(
         default=True, description="Health, readiness and /metrics answer without an API key."
@@ -69,6 +76,27 @@ class GatewaySettings(ServiceSettings):
     health_interval_s: float = Field(default=5.0, gt=0, description="Replica health checks.")
     load_timeout_s: float = Field(default=600.0, gt=0, description="Longest a replica may take to load.")
     drain_timeout_s: float = Field(default=30.0, ge=0, description="Wait for in-flight requests on delete.")
+    # Embedded engines that exit are started again (workload replicas: the trainer restarts them).
+    restart_backoff_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Wait before an embedded engine that exited is started again; doubles with each "
+        "crash in a row, up to restart_backoff_max_s.",
+    )
+    restart_backoff_max_s: float = Field(default=60.0, gt=0, description="Longest wait before a restart.")
+    restart_stable_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="An engine healthy this long counts as stable: its next crash waits "
+        "restart_backoff_s again.",
+    )
+    restart_load_tries: int = Field(
+        default=3,
+        ge=1,
+        description="Starts in a row an embedded engine may exit before it ever answers healthy; then "
+        "its replica is given up (the deployment FAILED when all are). An engine that says it cannot "
+        "load its model is given up at once.",
+    )
     engine_python: str = Field(
         default=sys.executable, description="Python that runs embedded engines (needs tunelab-engine)."
     )

@@ -124,6 +124,9 @@ class ReplicaStatus:
     in_flight: int = 0
     last_check_time: float | None = None
     job: str = ""  # workload: the trainer job running this replica ("jobs/x")
+    restarts: int = 0  # times its server was started again after it exited (gateway or trainer)
+    restart_reason: str = ""  # why, the last time
+    waiting: bool = False  # it does not answer (yet): a server that is starting, or away for a while
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,16 @@ def check_workload(up: UpstreamSpec) -> UpstreamSpec:
     return replace(up, environment=env, queue=queue)
 
 
+def _is_http_url(url: str) -> bool:
+    """Whether ``url`` is http(s)://host[:port], with a port (if any) in range."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port that is not a number or out of range
+    except ValueError:  # and urlsplit itself for an unclosed [ of an IPv6 address
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def check_spec(spec: DeploymentSpec, others: list[DeploymentSpec]) -> DeploymentSpec:
     """The spec with defaults filled in; InvalidArgument or AlreadyExists naming the field."""
     spec = spec.with_changes(
@@ -78,8 +88,7 @@ def check_spec(spec: DeploymentSpec, others: list[DeploymentSpec]) -> Deployment
         if not up.base_urls:
             raise InvalidArgument("deployment.upstream.vllm.base_urls: give the URL of each vLLM server")
         for url in up.base_urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            if not _is_http_url(url):
                 raise InvalidArgument(
                     f"deployment.upstream.vllm.base_urls: {url!r} is not http(s)://host:port"
                 )

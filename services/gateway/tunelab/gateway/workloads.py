@@ -9,14 +9,17 @@ address; a job that ended (the trainer gave up restarting it) fails the deployme
 and message. ``stop`` cancels a deployment's jobs, waits for them to end and deletes them.
 
 The jobs carry labels (servercmd's *_LABEL): the gateway finds them again by deployment, and, after
-a restart, cancels those of deployments that no longer exist.
+a restart, cancels those of deployments that no longer exist. On a stack with a token, each
+deployment's servers require a key derived from it (``api_key``), which the gateway sends.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tunelab.common.errors import FailedPrecondition, NotFound
 from tunelab.gateway.engines import failure_line
@@ -50,6 +53,7 @@ class Started:
     spec: DeploymentSpec  # with the dataset versions resolved
     jobs: list[str]  # "jobs/x", one per replica
     files: ServedFiles
+    api_key: str = field(default="", repr=False)  # what the replicas' servers require
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,17 @@ class JobView:
 
     url: str
     note: str
+    restarts: int = 0  # attempts after the first: the trainer started the server again
+    restart_reason: str = ""  # how the attempt before the current one ended
+
+
+def first_line(message: str) -> str:
+    """A job's message in one line: its first (a trailing "…; last lines of stderr:" header is
+    dropped with the lines it announces)."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    if first.endswith(":"):
+        first = first.rsplit(";", 1)[0] if ";" in first else first.rstrip(":")
+    return first
 
 
 def source_ref(source: ModelSource, resolved: str = "") -> str:
@@ -67,10 +82,27 @@ def source_ref(source: ModelSource, resolved: str = "") -> str:
 
 class Workloads:
     def __init__(
-        self, jobs: TrainerJobs, fetcher: ModelFetcher, owner: str, stop_timeout_s: float = 60.0
+        self,
+        jobs: TrainerJobs,
+        fetcher: ModelFetcher,
+        owner: str,
+        stop_timeout_s: float = 60.0,
+        key_secret: str = "",
     ) -> None:
+        """``key_secret``: what each deployment's server key is derived from (the stack's token);
+        empty: the servers require no key (a stack without auth)."""
         self.jobs, self.fetcher, self.owner = jobs, fetcher, owner
         self.stop_timeout_s = stop_timeout_s
+        self._key_secret = key_secret
+
+    def api_key(self, deployment_id: str) -> str:
+        """The key a deployment's servers require (``VLLM_API_KEY`` / ``TUNELAB_ENGINE_API_KEY``).
+        Derived, not stored: the same for every gateway of this owner and across restarts, so a
+        running replica's spec stays unchanged and it is kept; it reveals nothing of the secret."""
+        if not self._key_secret:
+            return ""
+        message = f"workload-server-key\0{self.owner}\0{deployment_id}".encode()
+        return hmac.new(self._key_secret.encode(), message, hashlib.sha256).hexdigest()
 
     def _labels(self, deployment_id: str = "") -> dict[str, str]:
         return {OWNER_LABEL: self.owner, **({DEPLOYMENT_LABEL: deployment_id} if deployment_id else {})}
@@ -100,7 +132,7 @@ class Workloads:
         for index in range(spec.replicas):
             ident = job_id(spec.id, index)
             name = f"jobs/{ident}"
-            want = job_spec(spec, index, self.owner, rank)
+            want = job_spec(spec, index, self.owner, rank, self.api_key(spec.id))
             job = current.pop(name, None) or self.jobs.find(name)
             if job is not None and job.spec.labels.get(OWNER_LABEL) != self.owner:
                 raise FailedPrecondition(
@@ -119,7 +151,7 @@ class Workloads:
         stale = list(current.values())  # replicas beyond the new count
         if stale:
             self._remove(stale)
-        return Started(spec, names, served_files(spec))
+        return Started(spec, names, served_files(spec), self.api_key(spec.id))
 
     # -- follow -------------------------------------------------------------------------------
     def follow(self, jobs: list[str]) -> list[JobView]:
@@ -134,11 +166,24 @@ class Workloads:
                 )
             if job.state in TERMINAL:
                 raise WorkloadFailed(self._failure(job, index))
+            restarts, why = self._restarts(job)
             if job.state == pb.Job.STATE_RUNNING and job.endpoint:
-                views.append(JobView(job.endpoint, ""))
+                views.append(JobView(job.endpoint, "", restarts, why))
                 continue
-            views.append(JobView("", self._waiting(job)))
+            views.append(JobView("", self._waiting(job), restarts, why))
         return views
+
+    @staticmethod
+    def _restarts(job: pb.Job) -> tuple[int, str]:
+        """How often the trainer started the job's server again, and how the attempt before the
+        current one ended (its first line). The gateway restarts nothing itself: it follows."""
+        if job.attempt <= 1:
+            return 0, ""
+        ended = [a for a in job.attempts if a.attempt < job.attempt]
+        last = max(ended, key=lambda a: a.attempt, default=None)
+        if last is None:
+            return job.attempt - 1, ""
+        return job.attempt - 1, ": ".join(p for p in (last.reason, first_line(last.message)) if p)
 
     @staticmethod
     def _waiting(job: pb.Job) -> str:
@@ -156,11 +201,8 @@ class Workloads:
             said = failure_line(self.jobs.log_tail(job.name))
         except Exception:  # noqa: BLE001 - the job's own reason and message still say why
             said = ""
-        # One line: the message's first (a trailing "…; last lines of stderr:" header is dropped
-        # with the lines it announces), then the server's own last error.
-        first = job.message.strip().splitlines()[0] if job.message.strip() else ""
-        if first.endswith(":"):
-            first = first.rsplit(";", 1)[0] if ";" in first else first.rstrip(":")
+        # One line: the message's first, then the server's own last error.
+        first = first_line(job.message)
         detail = f"; the server's last error: {said}" if said and said not in first else ""
         return (
             f"replica {index} (job {ident}) {state_name(job).lower()}: {job.reason or 'ended'}: "

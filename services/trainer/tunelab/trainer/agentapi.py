@@ -196,9 +196,9 @@ class AgentApi:
                         m.commit_time.GetCurrentTime()
             changes["spec"] = spec
         if changes:
-            with self.lifecycle.lock:
-                if "state" in changes and self.registry.get_job(job.id).state not in (STARTING, RUNNING):
+            with self.registry.locked(job.id) as tx:
+                if "state" in changes and tx.job.state not in (STARTING, RUNNING):
                     del changes["state"]  # cancelled meanwhile
-                self.registry.update_job(job.id, **changes)
+                tx.update(**changes)
                 if "state" in changes and job.attempt:
-                    self.registry.update_attempt(job.id, job.attempt, state=changes["state"])
+                    tx.update_attempt(job.attempt, state=changes["state"])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, and_, insert, select, update
 
+from tunelab.common.state import serialized
 from tunelab.trainer.tables import jobs_t, log_lines_t, metrics_t, streams_t
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
@@ -50,7 +51,7 @@ class EventLog:
         """Stores ``lines`` with the job's next line numbers (their own numbers are ignored)."""
         if not lines:
             return
-        with self.engine.begin() as db:
+        with serialized(self.engine) as db:  # the job's row locked: replicas number lines in turn
             first = db.execute(
                 select(jobs_t.c.next_line).where(jobs_t.c.id == job_id).with_for_update()
             ).scalar()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tunelab.common.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -80,9 +80,9 @@ class JobService:
         )
         if validate_only:
             return rec
-        self.registry.insert_job(rec)
+        created = self.registry.insert_job(rec)
         self.lifecycle.kick.set()
-        return self.registry.get_job(job_id)
+        return created  # as created: the scheduler may claim it before a re-read
 
     # -- read -------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
@@ -108,8 +108,10 @@ class JobService:
             positions[job.id] = per_queue[job.queue]
         return positions
 
-    def watch(self, job_id: str, min_interval_s: float = 0.25) -> Iterator[JobRecord]:
-        for rec in self.registry.watch_job(job_id):
+    def watch(
+        self, job_id: str, active: Callable[[], bool] = lambda: True, min_interval_s: float = 0.25
+    ) -> Iterator[JobRecord]:
+        for rec in self.registry.watch_job(job_id, active):
             yield rec
             if not rec.terminal:
                 time.sleep(min_interval_s)  # a few messages a second at most
@@ -122,10 +124,12 @@ class JobService:
         tail: int = 0,
         attempt: int | None = None,
         worker: int | None = None,
+        active: Callable[[], bool] = lambda: True,
     ) -> Iterator[list[LogLine]]:
+        """Batches of log lines; with ``follow``, until the job ends or ``active()`` turns false."""
         self.registry.get_job(job_id)
         after = after_line or (self.events.tail_start(job_id, tail, attempt, worker) if tail > 0 else 0)
-        while True:
+        while active():
             try:
                 finished = self.registry.get_job(job_id).state in TERMINAL
             except NotFound:
@@ -166,14 +170,13 @@ class JobService:
         return job
 
     def restart(self, job_id: str) -> JobRecord:
-        with self.lifecycle.lock:
-            job = self.registry.get_job(job_id)
+        with self.registry.locked(job_id) as tx:
+            job = tx.job
             if not job.terminal:
                 raise FailedPrecondition(
                     f"job {job_id} is {job.state}; only a finished job can be restarted (cancel it first)"
                 )
-            job = self.registry.update_job(
-                job_id,
+            job = tx.update(
                 state=QUEUED,
                 reason="Restarted",
                 message=f"restarted after attempt {job.attempt} ({job.state.lower()})",
@@ -189,16 +192,18 @@ class JobService:
         return job
 
     def delete(self, job_id: str, force: bool = False) -> None:
-        with self.lifecycle.lock:
-            job = self.registry.get_job(job_id)
+        with self.registry.locked(job_id) as tx:
+            job = tx.job
             if not job.terminal and not force:
                 raise FailedPrecondition(
                     f"job {job_id} is {job.state}; cancel it first, or delete it with --force"
                 )
-            att = job.current
-            if not job.terminal and att is not None and att.executor_ref:
-                self.executor.kill(att.executor_ref)
-            if att is not None and att.end_time is None and att.lease:
-                self.lifecycle.release_lease(att.lease)
-            self.registry.delete_job(job_id)
+            tx.delete()
+        # Its agents, wherever they report, hear that the attempt is gone and exit; here they
+        # are ended at once.
+        att = job.current
+        if not job.terminal and att is not None and att.executor_ref:
+            self.executor.kill(att.executor_ref)
+        if att is not None and att.end_time is None and att.lease:
+            self.lifecycle.release_lease(att.lease)
         self.lifecycle.kick.set()

@@ -1,5 +1,6 @@
 """How attempts end and what happens to their job next: done, retried by its restart policy, or
-failed; and how a job is cancelled. One lock serializes these transitions in the process."""
+failed; and how a job is cancelled. Each transition runs with the job's row locked in the database
+(``Registry.locked``), so replicas (and threads) never interleave two of one job's transitions."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from tunelab.common.errors import TunelabError
+from tunelab.trainer.claims import RELEASED
 from tunelab.trainer.executor import Executor
 from tunelab.trainer.metrics import TrainerMetrics
 from tunelab.trainer.records import (
@@ -21,7 +24,7 @@ from tunelab.trainer.records import (
     is_server,
 )
 from tunelab.trainer.references import References
-from tunelab.trainer.registry import Registry
+from tunelab.trainer.registry import JobTx, Registry
 from tunelab.trainer.v1 import trainer_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,6 @@ class Lifecycle:
         # (as Kubernetes resets a crash loop's backoff), so backoff_limit bounds crash loops, not
         # the restarts of a long life.
         self.server_stable_s = server_stable_s
-        self.lock = threading.RLock()
         self.kick = threading.Event()  # wakes the supervisor: resources were freed or jobs queued
 
     def grace_of(self, job: JobRecord) -> float:
@@ -94,14 +96,13 @@ class Lifecycle:
 
     # -- cancel -----------------------------------------------------------------------------
     def cancel(self, job_id: str, reason: str = "Cancelled", grace_s: float | None = None) -> JobRecord:
-        with self.lock:
-            job = self.registry.get_job(job_id)
+        with self.registry.locked(job_id) as tx:
+            job = tx.job
             if job.terminal:
                 return job
             now = time.time()
             if job.state == QUEUED:
-                return self.registry.update_job(
-                    job_id,
+                return tx.update(
                     state=CANCELLED if reason == "Cancelled" else FAILED,
                     reason=reason,
                     message="cancelled while queued",
@@ -109,82 +110,82 @@ class Lifecycle:
                     end_time=now,
                 )
             if job.state != CANCELLING:
-                job = self.registry.update_job(
-                    job_id, state=CANCELLING, cancel_reason=reason, cancel_grace_s=grace_s, cancel_time=now
+                job = tx.update(
+                    state=CANCELLING, cancel_reason=reason, cancel_grace_s=grace_s, cancel_time=now
                 )
             elif grace_s is not None:
-                job = self.registry.update_job(job_id, cancel_grace_s=grace_s)
-            att = job.current
-            if att is not None and att.executor_ref:
-                self.executor.stop(att.executor_ref)
-            return job
+                job = tx.update(cancel_grace_s=grace_s)
+        att = job.current
+        if att is not None and att.executor_ref:
+            self.executor.stop(att.executor_ref)
+        return job
 
     # -- the end of an attempt --------------------------------------------------------------
     def end_attempt(self, job_id: str, number: int, exit: Exit) -> JobRecord:
         """Records how attempt ``number`` ended and moves the job on; a no-op for an attempt
         that already ended or is no longer current."""
-        with self.lock:
-            job = self.registry.get_job(job_id)
+        with self.registry.locked(job_id) as tx:
+            job = tx.job
             att = job.current
             if att is None or att.number != number or att.end_time is not None:
                 return job
             exit = self._explained(att.executor_ref, exit)
+            state, reason, message = self._outcome(job, exit)
             now = time.time()
-            if job.state == CANCELLING:
-                reason = job.cancel_reason or "Cancelled"
-                state = CANCELLED if reason == "Cancelled" else FAILED
-                message = exit.message if reason == "Cancelled" else f"stopped: {reason}"
-            elif is_server(job.spec):
-                state, (reason, message) = FAILED, server_ended(exit)
-            elif exit.succeeded:
-                state, reason, message = SUCCEEDED, "Succeeded", exit.message
-            else:
-                state, reason, message = FAILED, exit.reason or "NonZeroExit", exit.message
-            self.registry.update_attempt(
-                job_id,
-                number,
-                state=state,
-                reason=reason,
-                message=message,
-                exit_code=exit.exit_code,
+            tx.update_attempt(
+                number, state=state, reason=reason, message=message, exit_code=exit.exit_code, end_time=now
+            )
+            job = self._next(tx, state, reason, message, exit, now)
+        self.metrics.attempt_ended(state)
+        self.release_lease(att.lease)
+        if is_server(job.spec) and att.executor_ref:
+            # Nothing of it may go on: a Deployment would restart its pod, and what the command
+            # left behind would hold its port and GPUs.
+            self.executor.kill(att.executor_ref)
+        self.kick.set()
+        log.info("attempt ended", extra={"job": job_id, "attempt": number, "state": state, "reason": reason})
+        return job
+
+    @staticmethod
+    def _outcome(job: JobRecord, exit: Exit) -> tuple[str, str, str]:
+        """The attempt's (state, reason, message)."""
+        if job.state == CANCELLING:
+            reason = job.cancel_reason or "Cancelled"
+            state = CANCELLED if reason == "Cancelled" else FAILED
+            return state, reason, exit.message if reason == "Cancelled" else f"stopped: {reason}"
+        if is_server(job.spec):
+            return (FAILED, *server_ended(exit))
+        if exit.succeeded:
+            return SUCCEEDED, "Succeeded", exit.message
+        return FAILED, exit.reason or "NonZeroExit", exit.message
+
+    def _next(self, tx: JobTx, state: str, reason: str, message: str, exit: Exit, now: float) -> JobRecord:
+        """The job after its current attempt ended: finished, requeued, or failed for good. No
+        replica owns it any more."""
+        job = tx.job
+        att = job.current
+        assert att is not None
+        number = att.number
+        base: dict[str, Any] = {"exit_code": exit.exit_code, "phase": "", **RELEASED}
+        if job.state == CANCELLING or (state == SUCCEEDED and not self._again(job, succeeded=True)):
+            return tx.update(state=state, reason=reason, message=message, end_time=now, **base)
+        if state == SUCCEEDED:
+            return self._requeue(tx, "Restarting", f"attempt {number} succeeded; policy ALWAYS", **base)
+        what = f"attempt {number} failed ({reason}): {message}".rstrip(": ")
+        if is_server(job.spec) and job.failures and now - att.start_time >= self.server_stable_s:
+            job = tx.update(failures=0)
+        if reason in PERMANENT or job.spec.restart_policy == pb.RESTART_POLICY_NEVER:
+            return tx.update(state=FAILED, reason=reason, message=message, end_time=now, **base)
+        if not self._again(job, succeeded=False):
+            limit = job.spec.backoff_limit
+            return tx.update(
+                state=FAILED,
+                reason="BackoffLimitExceeded",
+                message=f"{what}; all {limit} retries used (backoff limit {limit})",
                 end_time=now,
+                **base,
             )
-            self.metrics.attempt_ended(state)
-            self.release_lease(att.lease)
-            if is_server(job.spec) and att.executor_ref:
-                # Nothing of it may go on: a Deployment would restart its pod, and what the command
-                # left behind would hold its port and GPUs.
-                self.executor.kill(att.executor_ref)
-            self.kick.set()
-            log.info(
-                "attempt ended",
-                extra={"job": job_id, "attempt": number, "state": state, "reason": reason},
-            )
-            base = {"exit_code": exit.exit_code, "phase": ""}
-            if job.state == CANCELLING or (state == SUCCEEDED and not self._again(job, succeeded=True)):
-                return self.registry.update_job(
-                    job_id, state=state, reason=reason, message=message, end_time=now, **base
-                )
-            if state == SUCCEEDED:
-                return self._requeue(job, "Restarting", f"attempt {number} succeeded; policy ALWAYS", **base)
-            what = f"attempt {number} failed ({reason}): {message}".rstrip(": ")
-            if is_server(job.spec) and job.failures and now - att.start_time >= self.server_stable_s:
-                job = self.registry.update_job(job_id, failures=0)
-            if reason in PERMANENT or job.spec.restart_policy == pb.RESTART_POLICY_NEVER:
-                return self.registry.update_job(
-                    job_id, state=FAILED, reason=reason, message=message, end_time=now, **base
-                )
-            if not self._again(job, succeeded=False):
-                limit = job.spec.backoff_limit
-                return self.registry.update_job(
-                    job_id,
-                    state=FAILED,
-                    reason="BackoffLimitExceeded",
-                    message=f"{what}; all {limit} retries used (backoff limit {limit})",
-                    end_time=now,
-                    **base,
-                )
-            return self._requeue(job, "Restarting" if is_server(job.spec) else "Retrying", what, **base)
+        return self._requeue(tx, "Restarting" if is_server(job.spec) else "Retrying", what, **base)
 
     def _explained(self, ref: str, exit: Exit) -> Exit:
         """A command its agent saw killed by SIGKILL: the executor may know who did it (the kernel,
@@ -202,11 +203,11 @@ class Lifecycle:
             return False
         return job.failures < job.spec.backoff_limit
 
-    def _requeue(self, job: JobRecord, reason: str, what: str, **extra: object) -> JobRecord:
+    def _requeue(self, tx: JobTx, reason: str, what: str, **extra: object) -> JobRecord:
+        job = tx.job
         failures = job.failures + 1
         delay = self.backoff.delay(failures)
-        return self.registry.update_job(
-            job.id,
+        return tx.update(
             state=QUEUED,
             reason=reason,
             message=f"{what}; retry {failures} of {job.spec.backoff_limit} in {delay:.0f}s",

@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from tunelab.common.errors import FailedPrecondition, InvalidArgument
+from tunelab.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from tunelab.common.names import check_id
 from tunelab.trainer.records import ACTIVE, DEFAULT_QUEUE, QUEUED, QueueRecord
 from tunelab.trainer.registry import Registry
@@ -44,16 +44,18 @@ class QueueService:
         if any(q.id == DEFAULT_QUEUE for q in self.registry.list_queues()):
             return
         now = time.time()
-        self.registry.create_queue(
-            QueueRecord(
-                DEFAULT_QUEUE,
-                now,
-                now,
-                description="The queue jobs go to without --queue.",
-                gpu_quota=gpu_quota,
-                max_concurrent_jobs=max_concurrent_jobs,
-            )
+        default = QueueRecord(
+            DEFAULT_QUEUE,
+            now,
+            now,
+            description="The queue jobs go to without --queue.",
+            gpu_quota=gpu_quota,
+            max_concurrent_jobs=max_concurrent_jobs,
         )
+        try:
+            self.registry.create_queue(default)
+        except AlreadyExists:
+            pass  # a replica starting at the same time made it
 
     def create(self, queue_id: str, rec: QueueRecord) -> QueueRecord:
         now = time.time()

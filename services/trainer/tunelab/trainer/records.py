@@ -78,6 +78,8 @@ class JobRecord:
     start_time: float | None = None
     end_time: float | None = None
     revision: int = 0
+    owner: str = ""  # the replica running its current attempt (tunelab.common.ownership)
+    owned_until: float | None = None
     attempts: tuple[AttemptRecord, ...] = ()
 
     @property

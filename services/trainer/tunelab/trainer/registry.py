@@ -1,7 +1,9 @@
-"""The trainer's state: queues, jobs and attempts (SQLite by default, any SQLAlchemy URL).
+"""The trainer's state: queues, jobs and attempts (SQLite by default, Postgres for replicas).
 
 Every write to a job bumps its revision and wakes waiters, so WatchJob and followed logs stream
-changes as they happen (and poll, for changes made by another process).
+changes as they happen (and poll, for changes made by another process). A change that depends on
+what the job is now (cancel, the end of an attempt, restart) runs in ``locked``: the job's row is
+locked in the database, so replicas sharing it never interleave such changes.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tunelab.common.errors import AlreadyExists, NotFound
+from tunelab.common.state import serialized
 from tunelab.trainer.records import ACTIVE, QUEUED, AttemptRecord, JobRecord, QueueRecord
 from tunelab.trainer.tables import attempts_t, jobs_t, queues_t
 from tunelab.trainer.v1 import trainer_pb2 as pb
@@ -24,7 +28,7 @@ _JSON_QUEUE = ("labels",)
 _JSON_ATTEMPT = ("gpus", "env_vars")
 
 
-def _queue(row: Any) -> QueueRecord:
+def queue_of(row: Any) -> QueueRecord:
     m = dict(row._mapping)
     m["labels"] = json.loads(m["labels"])
     return QueueRecord(**m)
@@ -58,6 +62,71 @@ def _job_values(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _missing_job(job_id: str) -> NotFound:
+    return NotFound(f"job {job_id!r} does not exist (see `tunelab job ls`)")
+
+
+def _read_attempts(db: Connection, job_id: str) -> tuple[AttemptRecord, ...]:
+    rows = db.execute(select(attempts_t).where(attempts_t.c.job_id == job_id).order_by(attempts_t.c.number))
+    return tuple(_attempt(r) for r in rows)
+
+
+def _read_job(db: Connection, job_id: str) -> JobRecord:
+    row = db.execute(select(jobs_t).where(jobs_t.c.id == job_id)).first()
+    if row is None:
+        raise _missing_job(job_id)
+    return _job(row, _read_attempts(db, job_id))
+
+
+def write_job(db: Connection, job_id: str, changes: dict[str, Any]) -> None:
+    n = db.execute(
+        update(jobs_t)
+        .where(jobs_t.c.id == job_id)
+        .values(**_job_values(changes), update_time=time.time(), revision=jobs_t.c.revision + 1)
+    ).rowcount
+    if not n:
+        raise NotFound(f"job {job_id!r} does not exist")
+
+
+def _attempt_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (json.dumps(v) if k in _JSON_ATTEMPT else v) for k, v in values.items()}
+
+
+def write_attempt(db: Connection, rec: AttemptRecord) -> None:
+    db.execute(insert(attempts_t).values(**_attempt_values(rec.__dict__)))
+
+
+def _change_attempt(db: Connection, job_id: str, number: int, changes: dict[str, Any]) -> None:
+    db.execute(
+        update(attempts_t)
+        .where(attempts_t.c.job_id == job_id, attempts_t.c.number == number)
+        .values(**_attempt_values(changes))
+    )
+
+
+class JobTx:
+    """A job whose row is locked (``Registry.locked``): its reads and writes commit together, and
+    no other replica or thread changes the job meanwhile."""
+
+    def __init__(self, db: Connection, job: JobRecord) -> None:
+        self.db, self.job = db, job
+
+    def update(self, **changes: Any) -> JobRecord:
+        write_job(self.db, self.job.id, changes)
+        self.job = _read_job(self.db, self.job.id)
+        return self.job
+
+    def update_attempt(self, number: int, **changes: Any) -> None:
+        _change_attempt(self.db, self.job.id, number, changes)
+
+    def delete(self) -> None:
+        from tunelab.trainer.tables import log_lines_t, metrics_t, streams_t
+
+        for table in (log_lines_t, metrics_t, streams_t, attempts_t):
+            self.db.execute(delete(table).where(table.c.job_id == self.job.id))
+        self.db.execute(delete(jobs_t).where(jobs_t.c.id == self.job.id))
+
+
 class Registry:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -86,11 +155,11 @@ class Registry:
             row = db.execute(select(queues_t).where(queues_t.c.id == queue_id)).first()
         if row is None:
             raise NotFound(f"queue {queue_id!r} does not exist (see `tunelab queue ls`)")
-        return _queue(row)
+        return queue_of(row)
 
     def list_queues(self) -> list[QueueRecord]:
         with self.engine.connect() as db:
-            return [_queue(r) for r in db.execute(select(queues_t).order_by(queues_t.c.id))]
+            return [queue_of(r) for r in db.execute(select(queues_t).order_by(queues_t.c.id))]
 
     def update_queue(self, queue_id: str, **changes: Any) -> QueueRecord:
         values = {k: (json.dumps(v) if k in _JSON_QUEUE else v) for k, v in changes.items()}
@@ -124,16 +193,18 @@ class Registry:
 
     def get_job(self, job_id: str) -> JobRecord:
         with self.engine.connect() as db:
-            row = db.execute(select(jobs_t).where(jobs_t.c.id == job_id)).first()
-            if row is None:
-                raise NotFound(f"job {job_id!r} does not exist (see `tunelab job ls`)")
-            return _job(row, self._attempts(db, job_id))
+            return _read_job(db, job_id)
 
-    def _attempts(self, db: Any, job_id: str) -> tuple[AttemptRecord, ...]:
-        rows = db.execute(
-            select(attempts_t).where(attempts_t.c.job_id == job_id).order_by(attempts_t.c.number)
-        )
-        return tuple(_attempt(r) for r in rows)
+    @contextmanager
+    def locked(self, job_id: str) -> Iterator[JobTx]:
+        """The job with its row locked until the block ends (then its changes commit). Nothing in
+        the block may write to the database other than through the JobTx."""
+        with serialized(self.engine) as db:
+            row = db.execute(select(jobs_t.c.id).where(jobs_t.c.id == job_id).with_for_update()).first()
+            if row is None:
+                raise _missing_job(job_id)
+            yield JobTx(db, _read_job(db, job_id))
+        self.notify()
 
     def jobs(
         self, *, states: Iterable[str] = (), queue: str = "", with_attempts: bool = False
@@ -146,7 +217,7 @@ class Registry:
             q = q.where(jobs_t.c.queue == queue)
         with self.engine.connect() as db:
             rows = db.execute(q).all()
-            return [_job(r, self._attempts(db, r.id) if with_attempts else ()) for r in rows]
+            return [_job(r, _read_attempts(db, r.id) if with_attempts else ()) for r in rows]
 
     def queued_in_order(self) -> list[JobRecord]:
         """QUEUED jobs by priority (highest first), then submission time."""
@@ -163,28 +234,12 @@ class Registry:
         return self.jobs(states=ACTIVE, with_attempts=True)
 
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:
-        values = _job_values(changes)
+        """An unconditional change (progress, metrics); one that depends on the job's state goes
+        through ``locked``."""
         with self.engine.begin() as db:
-            n = db.execute(
-                update(jobs_t)
-                .where(jobs_t.c.id == job_id)
-                .values(**values, update_time=time.time(), revision=jobs_t.c.revision + 1)
-            ).rowcount
-        if not n:
-            raise NotFound(f"job {job_id!r} does not exist")
+            write_job(db, job_id, changes)
         self.notify()
         return self.get_job(job_id)
-
-    def delete_job(self, job_id: str) -> None:
-        from tunelab.trainer.tables import log_lines_t, metrics_t, streams_t
-
-        with self.engine.begin() as db:
-            for table in (log_lines_t, metrics_t, streams_t, attempts_t):
-                db.execute(delete(table).where(table.c.job_id == job_id))
-            n = db.execute(delete(jobs_t).where(jobs_t.c.id == job_id)).rowcount
-        if not n:
-            raise NotFound(f"job {job_id!r} does not exist")
-        self.notify()
 
     def count_by_state(self) -> dict[str, int]:
         with self.engine.connect() as db:
@@ -198,24 +253,21 @@ class Registry:
 
     # -- attempts ---------------------------------------------------------------------------
     def insert_attempt(self, rec: AttemptRecord) -> AttemptRecord:
-        values = {k: (json.dumps(v) if k in _JSON_ATTEMPT else v) for k, v in rec.__dict__.items()}
         with self.engine.begin() as db:
-            db.execute(insert(attempts_t).values(**values))
+            write_attempt(db, rec)
         return rec
 
     def update_attempt(self, job_id: str, number: int, **changes: Any) -> None:
-        values = {k: (json.dumps(v) if k in _JSON_ATTEMPT else v) for k, v in changes.items()}
         with self.engine.begin() as db:
-            db.execute(
-                update(attempts_t)
-                .where(attempts_t.c.job_id == job_id, attempts_t.c.number == number)
-                .values(**values)
-            )
+            _change_attempt(db, job_id, number, changes)
 
-    def watch_job(self, job_id: str, poll_s: float = 1.0) -> Iterator[JobRecord]:
-        """Yields the job now and after every change, until it is terminal."""
+    def watch_job(
+        self, job_id: str, active: Callable[[], bool] = lambda: True, poll_s: float = 1.0
+    ) -> Iterator[JobRecord]:
+        """Yields the job now and after every change, until it is terminal or ``active()`` turns
+        false (checked at least every ``poll_s``: a watcher that went away frees its thread)."""
         last = -1
-        while True:
+        while active():
             with self.changed:
                 rec = self.get_job(job_id)
                 if rec.revision == last:

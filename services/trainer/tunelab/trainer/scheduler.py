@@ -34,7 +34,7 @@ class Plan:
     waiting: dict[str, str]  # job id → why it waits
 
 
-def _quota_problem(q: QueueRecord, used: QueueUsage, d: Demand) -> str:
+def quota_problem(q: QueueRecord, used: QueueUsage, d: Demand) -> str:
     if q.max_concurrent_jobs is not None and used.running + 1 > q.max_concurrent_jobs:
         return f"queue {q.id} runs {used.running} of at most {q.max_concurrent_jobs} jobs"
     checks = (
@@ -76,7 +76,7 @@ def plan(
             continue
         used = usage.setdefault(q.id, QueueUsage())
         d = Demand.of(job.spec)
-        problem = _quota_problem(q, used, d)
+        problem = quota_problem(q, used, d)
         if not problem and d.gpus > len(free):
             problem = f"waiting for {d.gpus} GPU(s); {len(free)} free"
         if problem:

@@ -11,9 +11,11 @@ from pathlib import Path
 import grpc
 
 from tunelab.common.grpc.channel import open_channel
+from tunelab.common.ownership import Ownership, replica_name
 from tunelab.common.state import open_database
 from tunelab.trainer import convert
 from tunelab.trainer.agentapi import AgentApi, Intervals
+from tunelab.trainer.claims import Claims
 from tunelab.trainer.eventlog import EventLog
 from tunelab.trainer.executor import Executor
 from tunelab.trainer.gpus import inventory
@@ -28,7 +30,7 @@ from tunelab.trainer.references import GrpcReferences, References
 from tunelab.trainer.registry import Registry
 from tunelab.trainer.settings import TrainerSettings
 from tunelab.trainer.supervisor import Supervisor, Timing
-from tunelab.trainer.tables import metadata, upgrade
+from tunelab.trainer.tables import jobs_t, metadata, upgrade
 from tunelab.trainer.v1 import trainer_pb2 as pb
 from tunelab.trainer.validation import Defaults
 
@@ -130,7 +132,9 @@ def build_trainer(
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         kill_margin_s=max(30.0, 5 * settings.report_interval_s),
     )
-    supervisor = Supervisor(registry, lifecycle, executor, refs, metrics, timing)
+    me = replica_name(settings.replica_id, settings.data_dir)
+    claims = Claims(engine, Ownership(engine, jobs_t, me, settings.replica_lease_s))
+    supervisor = Supervisor(registry, lifecycle, executor, refs, metrics, timing, claims)
     metrics.observe_state(supervisor.snapshot)
     defaults = Defaults(
         work_root=settings.work_dir or base / "work",

@@ -65,9 +65,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return pb.RestartJobResponse(job=self._job(self.t.jobs.restart(_id(request.name))))
 
     def WatchJob(self, request: pb.WatchJobRequest, context: Ctx) -> Iterator[pb.WatchJobResponse]:
-        for rec in self.t.jobs.watch(_id(request.name)):
-            if not context.is_active():
-                return
+        for rec in self.t.jobs.watch(_id(request.name), context.is_active):
             yield pb.WatchJobResponse(job=self._job(rec))
 
     def StreamJobLogs(
@@ -75,11 +73,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> Iterator[pb.StreamJobLogsResponse]:
         r = request
         batches = self.t.jobs.logs(
-            _id(r.name), r.follow, r.after_line, r.tail, _opt(r, "attempt"), _opt(r, "worker_index")
+            _id(r.name),
+            r.follow,
+            r.after_line,
+            r.tail,
+            _opt(r, "attempt"),
+            _opt(r, "worker_index"),
+            context.is_active,
         )
         for batch in batches:
-            if not context.is_active():
-                return
             yield pb.StreamJobLogsResponse(lines=[convert.log_line_to_pb(ln) for ln in batch])
 
     def ListJobMetrics(self, request: pb.ListJobMetricsRequest, context: Ctx) -> pb.ListJobMetricsResponse:

@@ -1,5 +1,9 @@
 """The trainer's loop: admit queued jobs onto free resources, watch running attempts (lost
 agents, silent agents, cancels past their grace period, deadlines), and pick up after a restart.
+
+Replicas share the loop's work through the database (``claims``): each admits jobs by claiming
+them, watches only the attempts it owns, renews its hold on those every tick, and takes over the
+attempts of a replica that stopped renewing.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tunelab.common.errors import TunelabError, Unavailable
+from tunelab.common.errors import NotFound, TunelabError, Unavailable
+from tunelab.trainer.claims import TAKEN, Claims
 from tunelab.trainer.executor import AttemptStatus, Executor
 from tunelab.trainer.lifecycle import Exit, Lifecycle
 from tunelab.trainer.metrics import Snapshot, TrainerMetrics
@@ -48,9 +53,11 @@ class Supervisor:
         refs: References,
         metrics: TrainerMetrics,
         timing: Timing,
+        claims: Claims,
     ) -> None:
         self.registry, self.lifecycle, self.executor = registry, lifecycle, executor
         self.refs, self.metrics, self.timing = refs, metrics, timing
+        self.claims = claims
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -76,16 +83,31 @@ class Supervisor:
             self.lifecycle.kick.clear()
 
     def recover(self) -> None:
-        """After a (re)start: attempts whose agents still run are re-attached and get a full
-        heartbeat period to reconnect; the others are failed as Lost by the next tick."""
+        """After a (re)start: the attempts this replica ran before (and any nobody holds) are
+        taken and re-attached; see ``take_over``."""
+        self._reattach(self.claims.take_over(mine=True))
+
+    def take_over(self) -> None:
+        """Takes the attempts of replicas that stopped renewing their hold (they died) and
+        re-attaches them."""
+        self._reattach(self.claims.take_over(mine=False))
+
+    def _reattach(self, job_ids: list[str]) -> None:
+        """Attempts whose agents still run get a full heartbeat period to reach this replica; the
+        others are failed as Lost by the next tick."""
         now = time.time()
-        for job in self.registry.active_jobs():
-            att = job.current
+        for job_id in job_ids:
+            try:
+                att = self.registry.get_job(job_id).current
+            except NotFound:
+                continue
             if att is not None and att.executor_ref and self.executor.alive(att.executor_ref):
-                self.registry.update_attempt(job.id, att.number, last_report_time=now)
-                log.info("re-attached", extra={"job": job.id, "attempt": att.number, "ref": att.executor_ref})
+                self.registry.update_attempt(job_id, att.number, last_report_time=now)
+                log.info("re-attached", extra={"job": job_id, "attempt": att.number, "ref": att.executor_ref})
 
     def tick(self) -> None:
+        self.claims.renew()
+        self.take_over()
         self.monitor(time.time())
         self.admit(time.time())
 
@@ -93,7 +115,7 @@ class Supervisor:
     def monitor(self, now: float) -> None:
         for job in self.registry.active_jobs():
             att = job.current
-            if att is None:
+            if att is None or job.owner != self.claims.me:  # another replica watches it
                 continue
             st = self.executor.status(att.executor_ref) if att.executor_ref else AttemptStatus(False)
             if not st.alive:
@@ -131,10 +153,9 @@ class Supervisor:
     def _pending(self, job: JobRecord, att: AttemptRecord, why: str, now: float) -> None:
         self.registry.update_attempt(job.id, att.number, last_report_time=now)
         if job.state == STARTING and job.phase != why:
-            with self.lifecycle.lock:
-                current = self.registry.get_job(job.id)
-                if current.state == STARTING and current.attempt == att.number:
-                    self.registry.update_job(job.id, phase=why)
+            with self.registry.locked(job.id) as tx:
+                if tx.job.state == STARTING and tx.job.attempt == att.number:
+                    tx.update(phase=why)
 
     # -- admission --------------------------------------------------------------------------
     def usage(self, active: list[JobRecord]) -> tuple[dict[str, QueueUsage], dict[str, str]]:
@@ -166,10 +187,13 @@ class Supervisor:
             if job.id not in started and phase and job.phase != phase:
                 self._set_phase(job.id, phase)
 
-    def _set_phase(self, job_id: str, phase: str) -> None:
-        with self.lifecycle.lock:
-            if self.registry.get_job(job_id).state == QUEUED:
-                self.registry.update_job(job_id, phase=phase)
+    def _set_phase(self, job_id: str, phase: str, attempt: int | None = None) -> None:
+        try:
+            with self.registry.locked(job_id) as tx:
+                if tx.job.state == QUEUED and attempt in (None, tx.job.attempt):
+                    tx.update(phase=phase)
+        except NotFound:
+            pass  # deleted meanwhile
 
     def _start(self, job: JobRecord, gpus: list[str], now: float) -> bool:
         number = job.attempt + 1
@@ -182,49 +206,33 @@ class Supervisor:
                 self._set_phase(job.id, f"waiting: {exc.message}")
                 return False
             except TunelabError as exc:
-                with self.lifecycle.lock:
-                    self.registry.update_job(
-                        job.id,
-                        state=FAILED,
-                        reason="EnvironmentUnavailable",
-                        message=exc.message,
-                        end_time=now,
-                    )
+                self._fail_queued(job, "EnvironmentUnavailable", exc.message, now)
                 return False
             if pinned is None:
                 self._set_phase(job.id, f"waiting for {job.spec.environment} to finish building")
                 return False
             env_key, lease = pinned
         placement = self.executor.place(job.id, number, workers(job.spec), gpus, server_port(job.spec))
-        with self.lifecycle.lock:
-            current = self.registry.get_job(job.id)
-            if current.state != QUEUED or current.attempt != job.attempt:
-                return False  # cancelled or deleted meanwhile
-            self.registry.insert_attempt(
-                AttemptRecord(
-                    job.id,
-                    number,
-                    STARTING,
-                    start_time=now,
-                    gpus=tuple(gpus),
-                    node=placement.node,
-                    env_key=env_key,
-                    lease=lease,
-                    env_vars=placement.env_vars,
-                    worker_count=placement.worker_count,
-                    last_report_time=now,
-                    endpoint=placement.endpoint,
-                )
-            )
-            self.registry.update_job(
-                job.id,
-                state=STARTING,
-                phase="starting the agent",
-                attempt=number,
-                start_time=current.start_time or now,
-                not_before=None,
-                exit_code=None,
-            )
+        attempt = AttemptRecord(
+            job.id,
+            number,
+            STARTING,
+            start_time=now,
+            gpus=tuple(gpus),
+            node=placement.node,
+            env_key=env_key,
+            lease=lease,
+            env_vars=placement.env_vars,
+            worker_count=placement.worker_count,
+            last_report_time=now,
+            endpoint=placement.endpoint,
+        )
+        why = self.claims.claim(job, attempt, "starting the agent")
+        if why:  # another replica started it, it was cancelled or deleted, or its quota is used up now
+            self.lifecycle.release_lease(lease)
+            if why != TAKEN:
+                self._set_phase(job.id, why, job.attempt)
+            return False
         try:
             ref = self.executor.start(job.id, number, placement)
         except (OSError, TunelabError) as exc:
@@ -238,6 +246,14 @@ class Supervisor:
         if self.registry.get_job(job.id).state == CANCELLING:  # cancelled while it started
             self.executor.stop(ref)
         return True
+
+    def _fail_queued(self, job: JobRecord, reason: str, message: str, now: float) -> None:
+        try:
+            with self.registry.locked(job.id) as tx:
+                if tx.job.state == QUEUED and tx.job.attempt == job.attempt:
+                    tx.update(state=FAILED, reason=reason, message=message, end_time=now)
+        except NotFound:
+            pass  # deleted meanwhile
 
     # -- metrics ----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

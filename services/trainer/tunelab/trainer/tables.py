@@ -8,6 +8,7 @@ default (or to be nullable): ``upgrade`` adds it to a database made before.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
     Float,
@@ -19,8 +20,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    insert,
+    select,
 )
+from sqlalchemy.exc import IntegrityError
 
+from tunelab.common.ownership import owner_columns
 from tunelab.common.state import add_missing_columns
 
 metadata = MetaData()
@@ -35,7 +40,7 @@ queues_t = Table(
     Column("gpu_quota", Integer, nullable=True),
     Column("max_concurrent_jobs", Integer, nullable=True),
     Column("cpu_quota_millis", Integer, nullable=True),
-    Column("memory_quota_bytes", Integer, nullable=True),
+    Column("memory_quota_bytes", BigInteger, nullable=True),
     Column("create_time", Float, nullable=False),
     Column("update_time", Float, nullable=False),
 )
@@ -66,8 +71,18 @@ jobs_t = Table(
     Column("end_time", Float, nullable=True),
     Column("update_time", Float, nullable=False),
     Column("revision", Integer, nullable=False, default=0),
+    # The replica running the job's current attempt, while it renews its hold (tunelab.common.ownership).
+    *owner_columns(),
     Index("jobs_by_state", "state", "priority", "create_time"),
 )
+
+# Rows locked to serialize claims that span queues: "gpus" while a claim checks the free GPUs.
+claim_locks_t = Table(
+    "claim_locks",
+    metadata,
+    Column("name", String(32), primary_key=True),
+)
+GPU_LOCK = "gpus"
 
 attempts_t = Table(
     "attempts",
@@ -133,4 +148,11 @@ metrics_t = Table(
 
 def upgrade(engine: Engine) -> list[str]:
     """Brings a database made by an earlier release up to these tables; returns the columns added."""
-    return add_missing_columns(engine, metadata)
+    added = add_missing_columns(engine, metadata)
+    try:
+        with engine.begin() as db:
+            if db.execute(select(claim_locks_t).where(claim_locks_t.c.name == GPU_LOCK)).first() is None:
+                db.execute(insert(claim_locks_t).values(name=GPU_LOCK))
+    except IntegrityError:
+        pass  # another replica starting at the same time made it
+    return added

@@ -111,6 +111,8 @@ def normalize(job_id: str, spec: pb.JobSpec, defaults: Defaults) -> pb.JobSpec:
     out.CopyFrom(spec)
     if out.type == pb.JOB_TYPE_UNSPECIFIED:
         out.type = pb.JOB_TYPE_PYTORCH
+    if out.type not in pb.JobType.values():
+        raise InvalidArgument(f"type {out.type} is unknown; tunelab runs PYTORCH jobs (-t PYTORCH)")
     if out.type != pb.JOB_TYPE_PYTORCH:
         kind = pb.JobType.Name(out.type).removeprefix("JOB_TYPE_")
         raise Unimplemented(f"job type {kind} is not supported yet; tunelab runs PYTORCH jobs (-t PYTORCH)")

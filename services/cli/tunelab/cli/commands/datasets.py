@@ -70,6 +70,16 @@ def _result(fmt: Format, msg: Any, line: str) -> None:
         render(msg, fmt)
 
 
+def _drop_if_empty(client: DatasetClient, ident: str) -> None:
+    """Deletes the dataset this command just created when its upload was refused before it got a
+    version, so that the name stays free for the next try."""
+    try:
+        if not list(client.list_versions(ident)):
+            client.delete(ident)
+    except Exception:  # noqa: BLE001 - the upload's own error is the one to show
+        pass
+
+
 def _follow(client: DatasetClient, v: pb.DatasetVersion) -> pb.DatasetVersion:
     from tunelab.cli.output import short_version
     from tunelab.cli.progress import follow_version
@@ -137,8 +147,12 @@ def create(
     ident = created.name.removeprefix("datasets/")  # the id: `name` folded to lower case
     line = f"created dataset {dataset_label(created)}"
     if upload_dir is not None:
-        with transfer(f"uploading {upload_dir}") as progress:
-            line += f"; {_summary(client.push(ident, upload_dir, progress))}"
+        try:
+            with transfer(f"uploading {upload_dir}") as progress:
+                line += f"; {_summary(client.push(ident, upload_dir, progress))}"
+        except BaseException:
+            _drop_if_empty(client, ident)
+            raise
     elif src.WhichOneof("kind") != "empty":
         versions = list(client.list_versions(ident))
         if versions and no_wait:

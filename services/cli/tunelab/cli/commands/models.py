@@ -77,6 +77,8 @@ def _show(ctx: typer.Context, items: Any, output: Format | None) -> None:
             "replicas": f"{healthy}/{len(d.replica_statuses)}",
             "upstream": upstream,
         }
+        if any(r.restarts for m in msgs for r in m.replica_statuses):
+            row["restarts"] = str(sum(r.restarts for r in d.replica_statuses))
         if any(r.job for m in msgs for r in m.replica_statuses):
             row["jobs"] = ", ".join(r.job.removeprefix("jobs/") for r in d.replica_statuses if r.job)
         rows.append({**row, "error": d.error[:120]})
@@ -88,13 +90,17 @@ def _show(ctx: typer.Context, items: Any, output: Format | None) -> None:
 
 
 def _replicas(d: Any) -> None:
-    """One line per replica of one deployment: its job, address, health or why not."""
-    if not any(r.job for r in d.replica_statuses):
+    """One line per replica of one deployment: its job, address, health or why not, and how often
+    it was restarted and why last."""
+    if not any(r.job or r.restarts for r in d.replica_statuses):
         return
     typer.echo("")
     for i, r in enumerate(d.replica_statuses):
         health = "healthy" if r.healthy else (r.error or "not healthy")
-        typer.echo(f"replica {i}: {r.job.removeprefix('jobs/')} {r.url or '(no address yet)'}: {health}")
+        job = f"{r.job.removeprefix('jobs/')} " if r.job else ""
+        last = f"; last: {r.restart_reason}" if r.restart_reason else ""
+        restarts = f" (restarts: {r.restarts}{last})" if r.restarts else ""
+        typer.echo(f"replica {i}: {job}{r.url or '(no address yet)'}: {health}{restarts}")
 
 
 @app.command()

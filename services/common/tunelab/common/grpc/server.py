@@ -31,6 +31,11 @@ from tunelab.common.grpc.interceptors import (
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# How long a stop waits, past the grace period, for handlers that ignore the cancellation grpc sends them.
+STOP_SLACK_S = 5.0
+# How often the main thread wakes while it waits for SIGTERM: a signal the kernel hands to another
+# thread only sets a flag, which the main thread acts on when it next runs Python code.
+SIGNAL_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -103,12 +108,22 @@ class GrpcServer:
         log.info("%s serving", self.name, extra={"address": self.address, "metrics_port": self._metrics_port})
 
     def stop(self, grace: float = 10.0) -> None:
-        """Marks NOT_SERVING, lets in-flight RPCs finish for ``grace`` seconds, then stops."""
+        """Marks NOT_SERVING, lets in-flight RPCs finish for ``grace`` seconds, then stops.
+
+        After ``grace`` grpc cancels the RPCs still running, but a handler that never looks at its
+        context (a poll loop, a blocking call) keeps the server's shutdown waiting for it: the wait
+        is bounded, so one stuck handler cannot hold the stop forever.
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
-        self._server.stop(grace).wait()
+        if not self._server.stop(grace).wait(grace + STOP_SLACK_S):
+            log.warning(
+                "%s: RPCs still running %.0f s after the grace period; stopping without them",
+                self.name,
+                STOP_SLACK_S,
+            )
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -139,5 +154,6 @@ def run_until_signal(server: GrpcServer, grace: float) -> None:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     server.start()
-    done.wait()
+    while not done.wait(SIGNAL_POLL_S):
+        pass
     server.stop(grace)

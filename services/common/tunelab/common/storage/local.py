@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -10,7 +11,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tunelab.common.errors import InvalidArgument, NotFound
-from tunelab.common.storage.objectstore import ObjectInfo
+from tunelab.common.storage.objectstore import ObjectInfo, StoreFull
+
+# Objects being written: a temporary name beside the final one, renamed once complete.
+TMP_PREFIX = ".tmp-"
+# How a full disk names this store to clients: the setting that says where it is, not the path.
+LABEL = "a local directory, TUNELAB_STORE_URL"
 
 
 class LocalStore:
@@ -35,14 +41,18 @@ class LocalStore:
 
     def _atomic_write(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        tmp = ""
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
             with os.fdopen(fd, "wb") as out:
                 write(out)
             os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as exc:
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull(LABEL, key) from exc
             raise
 
     def put_file(self, key: str, path: Path) -> None:
@@ -89,7 +99,7 @@ class LocalStore:
         start = base if base.is_dir() else base.parent
         for dirpath, _dirs, files in os.walk(start):
             for name in files:
-                if name.startswith(".tmp-"):
+                if name.startswith(TMP_PREFIX):
                     continue
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()
@@ -99,3 +109,22 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def sweep_partial(self, before: float, dry_run: bool = False) -> tuple[int, int]:
+        count = size = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not name.startswith(TMP_PREFIX):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # its write finished or failed meanwhile
+                    continue
+                if st.st_mtime >= before:
+                    continue
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+                count += 1
+                size += st.st_size
+        return count, size

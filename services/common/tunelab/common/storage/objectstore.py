@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
 
-from tunelab.common.errors import InvalidArgument
+from tunelab.common.errors import InvalidArgument, ResourceExhausted
 from tunelab.common.settings import StoreSettings
 
 
@@ -17,6 +17,20 @@ class ObjectInfo:
     key: str
     size: int
     modified: float
+
+
+class StoreFull(ResourceExhausted):
+    """The store had no room left for an object (a full disk or quota); nothing of it was kept.
+
+    ``store`` says which store in words fit for a client (never a path on the server's disk).
+    """
+
+    def __init__(self, store: str, key: str) -> None:
+        super().__init__(
+            f"no space left on the object store ({store}) while writing {key}: free space and retry"
+        )
+        self.store = store
+        self.key = key
 
 
 class ObjectStore(Protocol):
@@ -46,6 +60,12 @@ class ObjectStore(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
     def delete(self, key: str) -> None: ...
+
+    def sweep_partial(self, before: float, dry_run: bool = False) -> tuple[int, int]:
+        """Removes what interrupted writes left behind (a directory store's temporary files, S3's
+        incomplete multipart uploads) untouched since ``before`` (a Unix time); returns (how many,
+        bytes). A write in progress touches its temporary object with every chunk or part."""
+        ...
 
 
 def open_store(settings: StoreSettings) -> ObjectStore:

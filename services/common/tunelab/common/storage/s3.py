@@ -7,12 +7,14 @@ failures are retried a bounded number of times, then surface as :class:`Unavaila
 
 from __future__ import annotations
 
+import builtins
 import io
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -263,3 +265,53 @@ class S3Store:
         self._call(
             lambda: self.client.remove_object(bucket_name=self.bucket, object_name=self._key(key)), key
         )
+
+    def sweep_partial(self, before: float, dry_run: bool = False) -> tuple[int, int]:
+        """Aborts the incomplete multipart uploads under this store's prefix whose newest part (or
+        start, without parts) is older than ``before``: what a killed writer left behind."""
+        count = size = 0
+        for name, upload_id, started in self._multipart_uploads():
+            parts = self._parts(name, upload_id)
+            if max([started, *(when for when, _ in parts)]) >= before:
+                continue
+            if not dry_run:
+                self._call(partial(self.client._abort_multipart_upload, self.bucket, name, upload_id), name)
+            count += 1
+            size += sum(part_size for _, part_size in parts)
+        return count, size
+
+    def _multipart_uploads(self) -> Iterator[tuple[str, str, float]]:
+        """(object name, upload id, start time) of each incomplete multipart upload under the prefix."""
+        key_marker: str | None = None
+        upload_marker: str | None = None
+        while True:
+            page = self._call(
+                partial(
+                    self.client._list_multipart_uploads,
+                    self.bucket,
+                    prefix=self.prefix or None,
+                    key_marker=key_marker,
+                    upload_id_marker=upload_marker,
+                )
+            )
+            for upload in page.uploads:
+                started = upload.initiated_time.timestamp() if upload.initiated_time else 0.0
+                yield upload.object_name, upload.upload_id or "", started
+            if not page.is_truncated or not page.uploads:
+                return
+            key_marker, upload_marker = page.uploads[-1].object_name, page.uploads[-1].upload_id
+
+    def _parts(self, name: str, upload_id: str) -> builtins.list[tuple[float, int]]:
+        """(modification time, size) of each part an incomplete upload holds so far."""
+        parts: builtins.list[tuple[float, int]] = []
+        marker: str | None = None
+        while True:
+            page = self._call(
+                partial(self.client._list_parts, self.bucket, name, upload_id, part_number_marker=marker)
+            )
+            parts += [
+                (p.last_modified.timestamp() if p.last_modified else 0.0, p.size or 0) for p in page.parts
+            ]
+            if not page.is_truncated or not page.parts:
+                return parts
+            marker = str(page.parts[-1].part_number)

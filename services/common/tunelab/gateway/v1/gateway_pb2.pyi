@@ -109,7 +109,7 @@ class Timeouts(_message.Message):
     def __init__(self, connect: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., first_token: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("url", "healthy", "models", "error", "in_flight", "last_check_time", "job")
+    __slots__ = ("url", "healthy", "models", "error", "in_flight", "last_check_time", "job", "restarts", "restart_reason")
     URL_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,8 @@ class ReplicaStatus(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     LAST_CHECK_TIME_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
     url: str
     healthy: bool
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -124,7 +126,9 @@ class ReplicaStatus(_message.Message):
     in_flight: int
     last_check_time: _timestamp_pb2.Timestamp
     job: str
-    def __init__(self, url: _Optional[str] = ..., healthy: _Optional[bool] = ..., models: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., in_flight: _Optional[int] = ..., last_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job: _Optional[str] = ...) -> None: ...
+    restarts: int
+    restart_reason: str
+    def __init__(self, url: _Optional[str] = ..., healthy: _Optional[bool] = ..., models: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., in_flight: _Optional[int] = ..., last_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job: _Optional[str] = ..., restarts: _Optional[int] = ..., restart_reason: _Optional[str] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("name", "description", "labels", "model_name", "base_model", "adapters", "default_adapter", "upstream", "replicas", "max_in_flight", "timeouts", "state", "error", "replica_statuses", "served_model_names", "create_time", "update_time", "ready_time")

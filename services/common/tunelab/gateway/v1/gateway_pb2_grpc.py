@@ -116,7 +116,9 @@ class GatewayServiceServicer:
     def CreateDeployment(self, request, context):
         """Creates a deployment and starts loading it: materializing dataset-backed models, starting
         embedded replicas, loading adapters into the upstream, checking health.
-        ALREADY_EXISTS when a model or adapter name is already served by another deployment.
+        ALREADY_EXISTS when a model or adapter name is already served by another deployment, or
+        when a deployment of that id exists and is not FAILED (a FAILED one is replaced: created
+        again with this spec, as UpdateDeployment would).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from tunelab.common import netguard
 from tunelab.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
-from tunelab.datasets.sources import netguard
+from tunelab.common.netguard import display_url
 from tunelab.datasets.sources.spec import FetchPolicy, GitSpec
 from tunelab.datasets.sources.util import (
     Progress,
     clear_dir,
-    display_url,
     is_inside,
     strip_userinfo,
     with_retries,
@@ -289,11 +289,20 @@ def _has(text: str, marks: tuple[str, ...]) -> bool:
     return any(mark in lower for mark in marks)
 
 
+def check_url(url: str, policy: FetchPolicy) -> None:
+    """Refuses a URL the policy forbids, as a fetch would before running git (a host that does not
+    resolve raises Unavailable)."""
+    _guard(url, policy)
+
+
 def _guard(url: str, policy: FetchPolicy) -> list[str]:
     """git ``-c`` options that hold it to the policy; refuses URLs the policy forbids."""
     if url.startswith("-"):
         raise InvalidArgument(f"git URL {url!r} is not a URL")
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    try:
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    except ValueError:  # an unclosed [ of an IPv6 address
+        raise InvalidArgument(f"git URL {url!r} is not a URL") from None
     protocols = ["protocol.allow=never", "protocol.https.allow=always", "protocol.http.allow=always"]
     if scheme == "file":
         if not policy.allow_private_addresses:

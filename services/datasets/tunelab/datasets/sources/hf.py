@@ -19,6 +19,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub import errors as hf_errors
 from huggingface_hub import utils as hf_utils
 
+from tunelab.common import netguard
 from tunelab.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -27,9 +28,9 @@ from tunelab.common.errors import (
     TunelabError,
     Unavailable,
 )
-from tunelab.datasets.sources import netguard
+from tunelab.common.netguard import display_url
 from tunelab.datasets.sources.spec import FetchPolicy, HfSpec
-from tunelab.datasets.sources.util import Progress, describe, display_url, with_retries
+from tunelab.datasets.sources.util import Progress, describe, with_retries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 import httpcore
 import httpx
 
+from tunelab.common import netguard
 from tunelab.common.errors import (
     InvalidArgument,
     NotFound,
@@ -32,9 +33,10 @@ from tunelab.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from tunelab.datasets.sources import archive, netguard
+from tunelab.common.netguard import display_url
+from tunelab.datasets.sources import archive
 from tunelab.datasets.sources.spec import FetchPolicy, HttpSpec
-from tunelab.datasets.sources.util import Progress, Throttle, display_url, strip_userinfo, with_retries
+from tunelab.datasets.sources.util import Progress, Throttle, strip_userinfo, with_retries
 
 log = logging.getLogger(__name__)
 MAX_REDIRECTS = 10

@@ -22,8 +22,8 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from tunelab.common import netguard
 from tunelab.common.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
-from tunelab.datasets.sources import netguard
 from tunelab.datasets.sources.spec import FetchPolicy, S3Spec
 from tunelab.datasets.sources.util import Progress, Throttle, UnsafePath, safe_relpath, with_retries
 
@@ -66,6 +66,13 @@ class _Object:
     key: str
     path: str
     size: int
+
+
+def check_endpoint(spec: S3Spec, policy: FetchPolicy) -> None:
+    """Refuses an endpoint that is malformed or that the policy forbids (a host that does not
+    resolve raises Unavailable)."""
+    endpoint, host, port, _ = _endpoint(spec)
+    netguard.check_host(host, port, policy, what=f"S3 endpoint {endpoint}")
 
 
 def fetch_s3(spec: S3Spec, dest: Path, policy: FetchPolicy, progress: Progress) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from tunelab.common.errors import InvalidArgument
@@ -106,12 +106,21 @@ def spec_from_dict(data: dict[str, Any]) -> SourceSpec:
     if cls is None:
         raise InvalidArgument(f"source: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    # A message field left at its default is absent from the dict: name a required one, not a TypeError.
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.name not in values and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise InvalidArgument(f"source.{kind}: set {' and '.join(missing)}")
     return cls(**values)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    """Limits every fetch obeys (from the datasets service's settings)."""
+    """Limits every fetch obeys (from the datasets service's settings); it is the SSRF guard's
+    :class:`~tunelab.common.netguard.AddressPolicy` too."""
 
     allow_private_addresses: bool = False
     connect_timeout_s: float = 10.0
@@ -127,3 +136,5 @@ class FetchPolicy:
     retry_backoff_s: float = 0.5
     # Wall-clock limit of one git command (a clone of a big repository takes a while).
     git_timeout_s: float = 3600.0
+    # Named in the guard's hints ("set … on the datasets service").
+    service: str = "datasets"

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from tunelab.common.errors import TunelabError, Unavailable
 from tunelab.datasets.sources.spec import FetchPolicy
@@ -22,18 +22,6 @@ MAX_BACKOFF_S = 30.0
 
 class UnsafePath(ValueError):
     """A name that would land outside the destination (the message says why)."""
-
-
-def display_url(url: str) -> str:
-    """The URL without credentials or query string, fit for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    if parts.username or parts.password:
-        netloc = f"***@{netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
 def strip_userinfo(url: str) -> str:

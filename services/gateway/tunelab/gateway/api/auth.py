@@ -2,8 +2,9 @@
 
 Open without a key: the OpenAPI docs, and (unless ``TUNELAB_OPEN_HEALTH=false``) ``/healthz``,
 ``/metrics``, ``/v2/health/*`` and ``/v2/models/{m}[/versions/{v}]/ready``. Every other path,
-including unknown ones, needs ``Authorization: Bearer <key>`` when keys are required. The check
-runs once per request, in the app's ASGI entry (``api.entry``), before any routing.
+including unknown ones, needs ``Authorization: Bearer <key>`` unless keys are turned off
+(``TUNELAB_API_KEY_AUTH=off``); with no key created yet they answer 401. The check runs once per
+request, in the app's ASGI entry (``api.entry``), before any routing.
 """
 
 from __future__ import annotations

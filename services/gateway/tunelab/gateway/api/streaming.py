@@ -31,9 +31,13 @@ SSE_HEADERS = [
 
 
 class Tracker:
-    """Metrics of one request: counted once, in flight from ``start`` until ``done``."""
+    """Metrics of one request: counted once, in flight from ``start`` until ``done``.
 
-    __slots__ = ("_gauge", "_last", "metrics", "model", "route", "started", "streamed")
+    Generated tokens are the upstream's count (its usage, at the end of the answer). A stream the
+    client left before that counts the chunks relayed to it instead, one token each, as vLLM and
+    the engine stream them: the tokens it was sent are counted, not lost with the usage."""
+
+    __slots__ = ("_gauge", "_last", "chunks", "counted", "metrics", "model", "route", "started", "streamed")
 
     def __init__(self, metrics: GatewayMetrics, route: str) -> None:
         self.metrics, self.route = metrics, route
@@ -42,6 +46,8 @@ class Tracker:
         self._last = 0.0
         self._gauge: object | None = None
         self.streamed = False
+        self.chunks = 0  # chunks with generated text relayed
+        self.counted = False  # the upstream's usage was counted
 
     def start(self, model: str) -> None:
         self.model = model
@@ -50,6 +56,7 @@ class Tracker:
 
     def chunk(self) -> None:
         """A chunk with generated text went out."""
+        self.chunks += 1
         now = time.perf_counter()
         if self._last:
             self.metrics.inter_token(self.model, now - self._last)
@@ -59,11 +66,14 @@ class Tracker:
 
     def tokens(self, usage: dict[str, int] | None) -> None:
         if usage:
+            self.counted = True
             self.metrics.tokens(self.model, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
     def done(self, status: int) -> None:
         if self.route == "":
             return
+        if status == CLIENT_CLOSED and not self.counted and self.chunks:
+            self.metrics.tokens(self.model, 0, self.chunks)  # an abort: what was streamed so far
         self.metrics.request_done(self.model or "-", self.route, status, time.perf_counter() - self.started)
         if self._gauge is not None:
             self._gauge.dec()  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models."""
+"""Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tunelab.gateway.api.openai.protocol import (
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
+    ModelCard,
     ModelList,
 )
 from tunelab.gateway.api.openai.serving import OpenAIServing, caller_of
@@ -58,3 +59,13 @@ async def create_chat_completion(request: Request) -> Response:
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="Served models")
 async def list_models(request: Request) -> Response:
     return Response(serving(request).models(caller_of(request)), media_type="application/json")
+
+
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=ModelCard,
+    responses=ERRORS,
+    summary="One served model (an adapter is a model of its own)",
+)
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    return Response(serving(request).model(model_id, caller_of(request)), media_type="application/json")

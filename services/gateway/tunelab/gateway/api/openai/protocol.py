@@ -3,8 +3,10 @@
 The gateway is a proxy: it checks only the fields it acts on (``model``, ``stream``,
 ``max_tokens``, and that there is a prompt or messages) and passes every other field to the
 replica untouched, so vLLM's extra sampling parameters (``top_k``, ``repetition_penalty``, …)
-work and the replica remains the one place that validates them. The pydantic models document
-the routes in the OpenAPI schema.
+work and the replica remains the one place that validates them. So do ``tools``, ``tool_choice``,
+``response_format`` and ``logprobs``: vLLM implements them; the embedded engine answers logprobs
+and refuses the others with a 400 naming the field, which the gateway passes on. The pydantic
+models document the routes in the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ class _Open(BaseModel):
 
 class CompletionRequest(_Open):
     model: str
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="One prompt (a string or token ids) or several; choice p * n + i answers prompt p."
+    )
     max_tokens: int | None = Field(default=None, ge=1, description="Default: 16, as in vLLM and OpenAI.")
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Alternatives per token (vLLM's default limit: 20)."
+    )
     echo: bool | None = None
     stream: bool | None = False
     stream_options: dict[str, Any] | None = Field(default=None, description='{"include_usage": true}')
@@ -46,6 +52,13 @@ class ChatCompletionRequest(_Open):
     n: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="With logprobs: true.")
+    tools: list[dict[str, Any]] | None = Field(default=None, description="vLLM runtime only.")
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = Field(
+        default=None, description='{"type": "json_object"} or json_schema: vLLM runtime only.'
+    )
     stream: bool | None = False
     stream_options: dict[str, Any] | None = Field(default=None, description='{"include_usage": true}')
 

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunelab.common.errors import TunelabError
+from tunelab.common.errors import NotFound, TunelabError
 from tunelab.gateway.api.errors import error_body, status_of
 from tunelab.gateway.api.openai.protocol import parse_request
 from tunelab.gateway.api.streaming import CLIENT_CLOSED, SSEResponse, Tracker, until_disconnect
@@ -126,18 +126,29 @@ class OpenAIServing:
             yield b"data: " + error_body("/v1/", exc.message, status_of(exc)) + b"\n\n" + DONE
 
     def models(self, caller: Caller) -> bytes:
-        cards = []
-        for name, route in sorted(self.fd.router.table.routes.items()):
-            if caller.models and name not in caller.models:
-                continue
-            cards.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": route.created or int(time.time()),
-                    "owned_by": "tunelab",
-                    "root": route.upstream_model,
-                    "parent": route.parent or None,
-                }
-            )
+        routes = self.fd.router.table.routes
+        cards = [_card(name, route) for name, route in sorted(routes.items()) if _may_see(caller, name)]
         return dumps({"object": "list", "data": cards})
+
+    def model(self, model_id: str, caller: Caller) -> bytes:
+        """The card of one served model (a deployment's model name or an adapter's), as the list
+        shows it; a model the caller's key may not call is as unknown as one not served."""
+        route = self.fd.router.table.get(model_id)
+        if route is None or not _may_see(caller, model_id):
+            raise NotFound(f"The model `{model_id}` does not exist.")
+        return dumps(_card(model_id, route))
+
+
+def _may_see(caller: Caller | None, name: str) -> bool:
+    return caller is None or not caller.models or name in caller.models
+
+
+def _card(name: str, route: Route) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": route.created or int(time.time()),
+        "owned_by": "tunelab",
+        "root": route.upstream_model,
+        "parent": route.parent or None,
+    }
