@@ -163,6 +163,9 @@ def test_sigkill_mid_run_resumes_from_the_last_checkpoint_at_the_same_step(
     lines = list(client.logs(job.name))
     by_attempt = {n: [ln.text for ln in lines if ln.attempt == n] for n in (1, 2)}
     first, second = events("", by_attempt[1]), events("", by_attempt[2])
+    # The second attempt's output starts from the first one's last commit, and its log says so.
+    placed = [t for t in by_attempt[2] if t.startswith("output: ")]
+    assert placed and "output, starting from" in placed[0] and "starting empty" not in placed[0], placed
     saved = max(e["step"] for e in first if e["event"] == "checkpoint")
     start = next(e for e in second if e["event"] == "start")
     assert start["resumed_from"] == saved
