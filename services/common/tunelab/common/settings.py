@@ -35,11 +35,13 @@ class StoreSettings(BaseSettings):
         "Empty: a local store under data_dir/store.",
     )
     s3_endpoint: str = Field(default="", description="host:port of the S3/MinIO server; empty: AWS.")
-    s3_access_key: str = ""
-    s3_secret_key: SecretStr = SecretStr("")
-    s3_region: str = ""
+    s3_access_key: str = Field(default="", description="S3 access key; empty: the SDK's own chain.")
+    s3_secret_key: SecretStr = Field(default=SecretStr(""), description="S3 secret key.")
+    s3_region: str = Field(default="", description="S3 region; empty: the server's default.")
     s3_secure: bool = Field(default=True, description="Use https to reach the S3 endpoint.")
-    s3_part_size: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_part_size: int = Field(
+        default=64 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size (bytes)."
+    )
     transfer_workers: int = Field(default=16, ge=1, le=256, description="Parallel transfers.")
 
     def resolved_store_url(self) -> str:
@@ -49,12 +51,12 @@ class StoreSettings(BaseSettings):
 class ServiceSettings(StoreSettings):
     """Settings every gRPC service has."""
 
-    log_level: str = "info"
+    log_level: str = Field(default="info", description="debug, info, warning or error (JSON lines).")
     auth_token: SecretStr = Field(
         default=SecretStr(""),
         description="Bearer token clients must send; empty disables auth (embedded stack only).",
     )
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="Listen address of gRPC and /metrics.")
     state_url: str = Field(
         default="", description="SQLAlchemy URL of the state database; empty: SQLite in data_dir."
     )

@@ -51,10 +51,12 @@ class GatewaySettings(ServiceSettings):
         default=True, description="Health, readiness and /metrics answer without an API key."
     )
     # Upstream timeouts (a deployment may override each).
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    first_token_timeout_s: float = Field(default=120.0, gt=0)
-    idle_timeout_s: float = Field(default=60.0, gt=0)
-    total_timeout_s: float = Field(default=1800.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Connecting to a replica.")
+    first_token_timeout_s: float = Field(
+        default=120.0, gt=0, description="From sending a request to the upstream's first byte."
+    )
+    idle_timeout_s: float = Field(default=60.0, gt=0, description="Longest silence inside a stream.")
+    total_timeout_s: float = Field(default=1800.0, gt=0, description="Longest a request may take.")
     attempts: int = Field(default=3, ge=1, le=10, description="Tries per request, before the first byte.")
     max_in_flight: int = Field(default=256, ge=1, description="Default per-deployment in-flight limit.")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 429 and 503.")
