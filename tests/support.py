@@ -226,3 +226,12 @@ def service_stack(
                 svc.proc.terminate()
         for svc in stack.values():
             svc.stop()
+
+
+def start_together(processes: list[ServiceProcess], timeout: float = 120.0) -> None:
+    """Starts service processes at the same moment (replicas racing on an empty database)."""
+    threads = [threading.Thread(target=p.start) for p in processes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)

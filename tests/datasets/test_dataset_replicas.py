@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from support import S3Server
+from support import S3Server, start_together
 from tunelab.cli.clients.datasets import DatasetClient
 from tunelab.common.grpc.channel import open_channel
 from tunelab.datasets.v1 import datasets_pb2 as pb
@@ -93,11 +93,7 @@ def test_syncs_run_once_and_a_killed_replicas_syncs_are_finished(
         )
         for name in ("datasets-a", "datasets-b")
     ]
-    threads = [threading.Thread(target=r.start) for r in replicas]  # together, on an empty database
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    start_together(replicas)  # on an empty database
     channels = [open_channel(r.address) for r in replicas]
     clients = [DatasetClient(c, tmp_path / f"cache-{i}") for i, c in enumerate(channels)]
 

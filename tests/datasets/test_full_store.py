@@ -10,11 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -97,16 +94,6 @@ def test_a_push_that_fills_the_disk_is_resource_exhausted(
     # With room again (a smaller file) the same dataset takes a new version.
     (folder / "weights.bin").write_bytes(os.urandom(64 * 1024))
     assert c.push("full", folder).state == pb.DatasetVersion.STATE_READY
-
-
-@pytest.fixture
-def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "www"
-    root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_a_sync_that_fills_the_disk_fails_its_version_with_the_reason(

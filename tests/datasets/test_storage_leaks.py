@@ -9,8 +9,6 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -42,16 +40,6 @@ def wait_for(condition, what: str, timeout: float = 60.0) -> None:
 
 def temp_files(root: Path) -> list[Path]:
     return sorted(root.rglob(".tmp-*"))
-
-
-@pytest.fixture
-def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "www"
-    root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 # -- kill -9 in the middle of an upload ---------------------------------------------------------

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from envhelpers import READY, spec
-from support import S3Server
+from support import S3Server, start_together
 from tunelab.cli.clients.environments import EnvironmentClient
 from tunelab.common.grpc.channel import open_channel
 
@@ -129,11 +129,7 @@ def test_builds_run_once_and_a_killed_replicas_builds_are_finished(
         )
         for name in ("envs-a", "envs-b")
     ]
-    threads = [threading.Thread(target=r.start) for r in replicas]  # together, on an empty database
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    start_together(replicas)  # on an empty database
     channels = [open_channel(r.address) for r in replicas]
     clients = [EnvironmentClient(c, tmp_path / f"cache-{i}") for i, c in enumerate(channels)]
 
